@@ -1,0 +1,17 @@
+"""adapt: domain adaptation for text classifiers on the Hugging Face stack.
+
+    from adapt import load_recipe, run
+    report = run(load_recipe("recipes/sentiment.yaml", ["train.epochs=1"]))
+"""
+
+from adapt.recipe import Recipe, load_recipe
+
+__version__ = "0.1.0"
+__all__ = ["Recipe", "load_recipe", "run"]
+
+
+def run(recipe: Recipe) -> dict:
+    """Train and evaluate a recipe in this process; returns the report (see `report.json`)."""
+    from adapt.train import run as _run  # heavy imports (torch, transformers) only when training
+
+    return _run(recipe)

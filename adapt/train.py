@@ -1,0 +1,306 @@
+"""Train a recipe end to end: data -> model -> method phases -> evaluation -> report.
+
+    accelerate launch -m adapt.train recipes/sentiment.yaml [key=value ...] [~key ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, set_seed
+from datasets import Dataset
+
+from adapt.data import Split, load_splits
+from adapt.errors import AdaptError, cli_entry
+from adapt.features import Collator, tokenize
+from adapt.hub import push_run
+from adapt.loop import LoopContext, train
+from adapt.methods import MethodContext, get_method
+from adapt.modeling import (
+    ResolvedModel,
+    apply_finetune,
+    count_parameters,
+    load_classifier,
+    load_tokenizer,
+    resolve_model,
+    save_model,
+)
+from adapt.recipe import Recipe, load_recipe, recipe_to_dict, recipe_to_yaml
+from adapt.report import SCHEMA_VERSION, summarize, write_reports
+from adapt.rundir import RunDir, atomic_write_text, default_output_dir, plan_output_dir
+from adapt.scoring import score_split
+
+# ----------------------------------------------------------------------------------------------------------
+# Accelerator and processes.
+
+
+def bf16_native() -> bool:
+    """bf16 runs natively on Ampere+ GPUs and on CPUs with AVX512-BF16 or AMX; elsewhere it is emulated (slow)."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(cpu, name, lambda: False)() for name in checks)
+
+
+def resolve_precision(requested: str) -> tuple[str, str]:
+    """The effective precision and where it came from. A precision set through Accelerate wins over the recipe.
+
+    `accelerate launch` always exports ACCELERATE_MIXED_PRECISION, as "no" when nothing was set, so only a
+    value other than "no" is taken as an explicit Accelerate choice (use `train.mixed_precision=no` for fp32).
+    """
+    env = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+    if env != "no":
+        return env, "accelerate"
+    if requested == "auto":
+        return ("bf16" if bf16_native() else "no"), "auto"
+    return requested, "recipe"
+
+
+def setup_accelerator(recipe: Recipe) -> tuple[Accelerator, str]:
+    precision, source = resolve_precision(recipe.train.mixed_precision)
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise AdaptError("`train.mixed_precision=fp16` needs a CUDA GPU; use `bf16` or `no` on this machine")
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and accelerator.num_processes != launched:
+        raise AdaptError(
+            f"{launched} processes were launched (WORLD_SIZE) but Accelerate sees {accelerator.num_processes}: each "
+            "would train its own copy into the same directory. On a CPU machine launch with "
+            "`ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes N ...`"
+        )
+    return accelerator, source
+
+
+def shutdown(accelerator: Accelerator) -> None:
+    """End trackers and destroy the process group (a 2-process gloo run aborts at exit without it); reset
+    Accelerate's process-wide state so another run can start in the same process."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    accelerator.end_training()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Stages.
+
+
+def setup_run_dir(recipe: Recipe, accelerator: Accelerator, cwd: Path) -> tuple[Recipe, RunDir, Path | None]:
+    """Choose the run directory (the same one on every process) and what to resume from."""
+    root = [recipe.output_dir or str(default_output_dir(recipe.name, cwd))]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(root)  # the timestamp must not differ between processes
+    run = RunDir(Path(root[0]))
+    resume_from = plan_output_dir(run, recipe.train.resume)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        run.root.mkdir(parents=True, exist_ok=True)
+        if resume_from is None:
+            run.train_log.unlink(missing_ok=True)
+    return replace(recipe, output_dir=str(run.root)), run, resume_from
+
+
+@dataclass
+class ModelBundle:
+    model: torch.nn.Module
+    tokenizer: object
+    resolved: ResolvedModel
+    finetune_info: dict
+
+
+def setup_model(recipe: Recipe, label_names: list[str]) -> ModelBundle:
+    resolved = resolve_model(recipe.model.name_or_path)
+    tokenizer = load_tokenizer(resolved)
+    model = load_classifier(resolved, label_names)
+    model, info = apply_finetune(model, recipe.model)
+    return ModelBundle(model, tokenizer, resolved, info)
+
+
+def tokenize_splits(splits: dict[str, Split], tokenizer, recipe: Recipe, accelerator: Accelerator) -> dict[str, Dataset]:
+    # The main process tokenises first and fills the datasets cache; the others then read it.
+    with accelerator.main_process_first():
+        return {name: tokenize(s.dataset, tokenizer, recipe.data, name) for name, s in splits.items()}
+
+
+def evaluate_all(accelerator: Accelerator, model, splits: dict[str, Split], tokenized: dict[str, Dataset],
+                 label_names: list[str], recipe: Recipe, run: RunDir, collate: Collator) -> tuple[dict, float]:
+    """Metrics for every labelled dev and test split; returns them and evaluation throughput (samples/s)."""
+    results, seconds, n = {}, 0.0, 0
+    for name, split in splits.items():
+        if not split.labeled or not name.endswith(("_dev", "_test")):
+            continue
+        entry, secs = score_split(accelerator, model, split, tokenized[name], label_names, recipe.eval.batch_size,
+                                  collate, run if recipe.report.predictions else None)
+        results[name] = {**entry, "kind": "test" if name.endswith("_test") else "dev"}
+        seconds, n = seconds + secs, n + entry["n"]
+    return results, n / max(seconds, 1e-9)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The report's record of the run.
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def versions() -> dict[str, str]:
+    import accelerate
+    import datasets
+    import peft
+    import sklearn
+    import transformers
+
+    mods = {"torch": torch, "transformers": transformers, "accelerate": accelerate, "peft": peft,
+            "datasets": datasets, "scikit-learn": sklearn}
+    return {"python": platform.python_version(), **{k: m.__version__ for k, m in mods.items()}}
+
+
+def device_name(accelerator: Accelerator) -> str:
+    if accelerator.device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(accelerator.device)})"
+    return f"cpu ({platform.processor() or platform.machine()})"
+
+
+def environment(accelerator: Accelerator, precision_source: str, splits: dict[str, Split]) -> dict:
+    return {
+        "num_processes": accelerator.num_processes,
+        "mixed_precision": str(accelerator.mixed_precision),
+        "mixed_precision_source": precision_source,
+        "device": device_name(accelerator),
+        "threads": torch.get_num_threads(),
+        "git_commit": git_commit(),
+        "data_sha256": {name: s.sha256 for name, s in splits.items()},
+        "versions": versions(),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The whole run.
+
+
+def run(recipe: Recipe, *, cwd: Path | None = None) -> dict:
+    """Train and evaluate `recipe`; returns the report (also written to `<output_dir>/report.json`)."""
+    wall = time.perf_counter()
+    accelerator, precision_source = setup_accelerator(recipe)
+    try:
+        return _run(recipe, accelerator, precision_source, cwd or Path.cwd(), wall)
+    finally:
+        shutdown(accelerator)
+
+
+def _run(recipe: Recipe, accelerator: Accelerator, precision_source: str, cwd: Path, wall: float) -> dict:
+    recipe, run, resume_from = setup_run_dir(recipe, accelerator, cwd)
+    set_seed(recipe.seed)
+    with accelerator.main_process_first():
+        splits, label_names = load_splits(recipe)
+    bundle = setup_model(recipe, label_names)
+    if accelerator.is_main_process:
+        atomic_write_text(run.recipe, recipe_to_yaml(recipe))
+    tokenized = tokenize_splits(splits, bundle.tokenizer, recipe, accelerator)
+    collate = Collator(bundle.tokenizer.pad_token_id)
+    model = accelerator.prepare(bundle.model)
+    select = "target_dev" if recipe.eval.select_on == "target_dev" else "source_dev"
+    ctx = LoopContext(accelerator, recipe, model, run, collate, label_names, splits[select], tokenized[select])
+    phases = get_method(recipe.method.name).phases(MethodContext(recipe, tokenized))
+    state = train(ctx, phases, resume_from)
+
+    net = accelerator.unwrap_model(model)
+    results, eval_throughput = evaluate_all(accelerator, model, splits, tokenized, label_names, recipe, run, collate)
+    if accelerator.is_main_process:
+        _save_model_atomically(net, bundle.tokenizer, run)
+    total, trainable = count_parameters(net)
+    report = {
+        "schema_version": SCHEMA_VERSION,
+        "name": recipe.name,
+        "method": recipe.method.name,
+        "recipe": recipe_to_dict(recipe),
+        "labels": label_names,
+        "model": {"name_or_path": bundle.resolved.name_or_path, "resolved_path": bundle.resolved.path,
+                  "finetune": recipe.model.finetune, "params_total": total, "params_trainable": trainable,
+                  **bundle.finetune_info},
+        "splits": results,
+        "training": {
+            "optimizer_steps": state.global_step, "epochs_run": state.epochs_run, "stopped_early": state.stopped_early,
+            "effective_batch_size": recipe.train.batch_size * recipe.train.grad_accum * accelerator.num_processes,
+            "selection": {"split": select, "metric": recipe.eval.selection_metric,
+                          "best_value": state.best_value, "best_step": state.best_step},
+        },
+        "timing": {"train_seconds": state.train_seconds, "train_samples_per_second": state.samples / max(state.train_seconds, 1e-9),
+                   "eval_samples_per_second": eval_throughput, "wall_seconds": time.perf_counter() - wall},
+        "environment": environment(accelerator, precision_source, splits),
+    }
+    report["summary"] = summarize(results)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_reports(run, report)
+        shutil.rmtree(run.checkpoints, ignore_errors=True)  # the finished model supersedes them
+        shutil.rmtree(run.best, ignore_errors=True)
+        if recipe.hub.push:
+            print(f"pushed to {push_run(run.root, recipe.hub.repo_id, private=recipe.hub.private)}")
+    accelerator.wait_for_everyone()
+    return report
+
+
+def _save_model_atomically(net: torch.nn.Module, tokenizer, run: RunDir) -> None:
+    tmp = run.root / ".model.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(net, tokenizer, tmp)
+    shutil.rmtree(run.model, ignore_errors=True)
+    tmp.rename(run.model)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Command line.
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="accelerate launch -m adapt.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("recipe", help="path to a YAML recipe, e.g. recipes/sentiment.yaml")
+    p.add_argument("overrides", nargs="*", help="dotted `key=value` overrides and `~key` removals")
+    return p
+
+
+def _print_summary(report: dict) -> None:
+    s = report["summary"]
+    run_dir = report["recipe"]["output_dir"]
+    print(f"\nrun: {run_dir}")
+    for role in ("source", "target"):
+        if f"{role}_accuracy" in s:
+            print(f"{role} test: accuracy {100 * s[f'{role}_accuracy']:.1f}  macro-F1 {100 * s[f'{role}_macro_f1']:.1f}")
+    if "transfer_gap" in s:
+        print(f"transfer gap: {100 * s['transfer_gap']:.1f} points")
+    t = report["timing"]
+    print(f"training: {t['train_seconds']:.0f} s ({t['train_samples_per_second']:.1f} samples/s); report: {run_dir}/report.md")
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    recipe = load_recipe(args.recipe, args.overrides)
+    report = run(recipe)
+    if os.environ.get("RANK", "0") == "0":
+        _print_summary(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
