@@ -74,7 +74,28 @@ def _read_files(files: list[str], key: str) -> Dataset:
     try:
         return load_dataset(fmt, data_files=files, split="train")
     except Exception as err:  # datasets raises many types for malformed files
+        if _holds_no_rows(files, fmt):
+            raise AdaptError(f"`{key}` is empty: {', '.join(files)} has no rows; give a file with at least one row") from None
         raise AdaptError(f"`{key}`: could not read {', '.join(files)} as {fmt}: {err}") from None
+
+
+def _holds_no_rows(files: list[str], fmt: str) -> bool:
+    """Whether the files hold no data rows: `datasets` fails on those with messages that do not say so."""
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return all(pq.read_metadata(f).num_rows == 0 for f in files)
+        except Exception:
+            return False
+    for f in files:
+        with open(f, errors="replace") as fh:
+            rows = -1 if fmt == "csv" else 0  # a CSV header is not a row
+            for line in fh:
+                rows += bool(line.strip())
+                if rows > 0:
+                    return False
+    return True
 
 
 def _read_builtin(spec: str, key: str) -> tuple[list[str], str]:

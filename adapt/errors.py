@@ -45,3 +45,10 @@ def cli_entry(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | 
             return getattr(e, "exit_code", 2)
 
     return wrapper
+
+
+def quiet_libraries() -> None:
+    """Command-line runs show our own progress bar; transformers' per-file load/save bars only add noise."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()

@@ -6,7 +6,8 @@
 
 Without `--test`, every dev and test split of the recipe is scored again. Each `--test NAME=PATH` adds a labelled
 split (PATH takes the same forms as a recipe's data paths); the `--role` (default target) and `--domain`
-(default NAME) after it apply to it. Results are merged into report.json / report.md, predictions are written
+after it apply to it (`--domain D` filters a file's `domain` column, as in recipes; without it the split is
+named after NAME and not filtered). Results are merged into report.json / report.md, predictions are written
 to `predictions/NAME.jsonl`. Runs under `accelerate launch` too.
 """
 
@@ -16,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from adapt.errors import AdaptError, cli_entry
+from adapt.errors import AdaptError, cli_entry, quiet_libraries
 from adapt.features import Collator
 from adapt.modeling import load_saved_model
 from adapt.recipe import load_recipe
@@ -33,7 +34,7 @@ class _TestAction(argparse.Action):
             name, sep, path = value.partition("=")
             if not sep or not name or not path:
                 parser.error(f"--test takes NAME=PATH, got {value!r}")
-            tests.append({"name": name, "path": path, "role": "target", "domain": name})
+            tests.append({"name": name, "path": path, "role": "target", "domain": None})
         elif not tests:
             parser.error(f"{option_string} must follow a --test NAME=PATH")
         else:
@@ -102,13 +103,14 @@ def _score(accelerator, model, splits, tokenized, labels, recipe, run, collate, 
     for name, split in splits.items():
         entry, _ = score_split(accelerator, model, split, tokenized[name], labels, recipe.eval.batch_size, collate,
                                run if recipe.report.predictions else None)
-        out[name] = {**entry, "kind": "test", "source": split.spec}
+        out[name] = {**entry, "kind": "test", "source": split.spec, "num_processes": accelerator.num_processes}
     return out
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    quiet_libraries()
     report = evaluate_run(args.run_dir, args.tests)
     for name, s in report["splits"].items():
         print(f"{name:<24} {s['role']:<7} {s['domain']:<14} n={s['n']:<6} accuracy {100 * s['accuracy']:.1f}  "

@@ -111,11 +111,15 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
 
 def train_loader(ds: Dataset, batch_size: int, seed: int, group_by_length: bool, collate: Collator, workers: int) -> DataLoader:
     sampler = LengthGroupedBatchSampler(ds["length"], batch_size, seed, group_by_length)
-    return DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=workers)
+    # A private generator: creating a DataLoader iterator draws a seed from it, and drawing from torch's global
+    # RNG instead would shift the dropout masks after a resume (which creates one more iterator).
+    return DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
+                      generator=torch.Generator().manual_seed(seed))
 
 
 def eval_loader(ds: Dataset, batch_size: int, collate: Collator) -> DataLoader:
     """Examples sorted by length (least padding) in fixed-size batches, so `gather_for_metrics` can drop the
     duplicates that even sharding across processes adds."""
     order = np.argsort(-np.asarray(ds["length"]), kind="stable")
-    return DataLoader(ds.select(order), batch_size=batch_size, shuffle=False, collate_fn=collate)
+    return DataLoader(ds.select(order), batch_size=batch_size, shuffle=False, collate_fn=collate,
+                      generator=torch.Generator().manual_seed(0))  # evaluation must not consume the global RNG

@@ -209,7 +209,6 @@ class PhaseRunner:
             name: train_loader(ds, cfg.batch_size, ctx.recipe.seed + i, cfg.group_by_length, ctx.collate, cfg.num_workers)
             for i, (name, ds) in enumerate(phase.streams.items())
         }
-        self.samplers = {name: dl.batch_sampler for name, dl in self.loaders.items()}
         prepared = acc.prepare(*self.loaders.values())
         self.loaders = dict(zip(self.loaders, prepared if len(self.loaders) > 1 else [prepared]))
         self.main = next(iter(self.loaders))
@@ -274,11 +273,13 @@ class PhaseRunner:
     def run_epoch(self, bar: tqdm) -> bool:
         """One pass over the main stream (or what is left of it after a resume); True when training must stop."""
         ctx, state, accum = self.ctx, self.ctx.state, self.ctx.recipe.train.grad_accum
-        for sampler in self.samplers.values():
-            sampler.set_epoch(state.epoch)
+        # Through the prepared loader: Accelerate re-sets the sampler's epoch from its own iteration counter on
+        # every pass, which after a resume would replay epoch 0's order.
+        self.loaders[self.main].set_epoch(state.epoch)
         loader = self.loaders[self.main]
         if state.batches_in_epoch:
             loader = ctx.accelerator.skip_first_batches(loader, state.batches_in_epoch)
+            loader.set_epoch(state.epoch)
         tick = time.perf_counter()
         for batch in loader:
             window_start = state.batches_in_epoch - state.batches_in_epoch % accum

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from adapt.errors import AdaptError
 from adapt.hub import hub_offline_requested, hub_reachable
@@ -76,9 +77,15 @@ def load_classifier(resolved: ResolvedModel, label_names: list[str]) -> torch.nn
             resolved.path, local_files_only=resolved.local_only, num_labels=len(label_names),
             id2label=id2label, label2id={n: i for i, n in id2label.items()},
         )
-        return AutoModelForSequenceClassification.from_pretrained(
-            resolved.path, config=config, local_files_only=resolved.local_only
-        )
+        # The classifier head is new by design; silence transformers' "newly initialized" load report for it.
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            return AutoModelForSequenceClassification.from_pretrained(
+                resolved.path, config=config, local_files_only=resolved.local_only
+            )
+        finally:
+            hf_logging.set_verbosity(verbosity)
     except Exception as err:
         raise _load_error(resolved, err) from None
 

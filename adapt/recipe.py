@@ -269,6 +269,10 @@ def _coerce(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
     elif inner is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
+        if isinstance(value, bool):  # YAML 1.1 reads yes/no/on/off/true/false as booleans
+            problems.append(f"`{key}` must be {type_name(tp)}, got {value!r}: YAML reads yes/no/on/off as booleans; "
+                            "quote the value, e.g. 'no'")
+            return None
     problems.append(f"`{key}` must be {type_name(tp)}, got {value!r}")
     return None
 

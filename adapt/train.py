@@ -21,7 +21,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 from datasets import Dataset
 
 from adapt.data import Split, load_splits
-from adapt.errors import AdaptError, cli_entry
+from adapt.errors import AdaptError, cli_entry, quiet_libraries
 from adapt.features import Collator, tokenize
 from adapt.hub import push_run
 from adapt.loop import LoopContext, train
@@ -295,6 +295,7 @@ def _print_summary(report: dict) -> None:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    quiet_libraries()
     recipe = load_recipe(args.recipe, args.overrides)
     report = run(recipe)
     if os.environ.get("RANK", "0") == "0":

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+# Before anything imports torch: one thread per test process keeps the tiny runs fast on a busy machine.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,0 +1,93 @@
+"""Checkpoints and resuming: an interrupted run, continued, matches an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import adapt.loop
+from adapt import load_recipe
+from adapt.errors import RunInterrupted
+from adapt.train import run
+
+BASE = ["train.epochs=2", "train.checkpoint_every_steps=4", "train.keep_checkpoints=2"]
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    return {r["global_step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def predictions(run_dir: Path, split: str = "target_test") -> dict[str, dict]:
+    rows = [json.loads(line) for line in (run_dir / "predictions" / f"{split}.jsonl").read_text().splitlines()]
+    return {r["id"]: r for r in rows}
+
+
+def test_resumed_run_matches_uninterrupted(tiny_recipe, tmp_path, monkeypatch):
+    full = tmp_path / "full"
+    run(load_recipe(tiny_recipe, [*BASE, f"output_dir={full}"]))
+
+    part = tmp_path / "part"
+    real = adapt.loop._stop_agreed
+    # Ask for a stop mid-epoch (9 steps per epoch), as SIGTERM would.
+    monkeypatch.setattr(adapt.loop, "_stop_agreed", lambda ctx: ctx.state.global_step == 6 or real(ctx))
+    with pytest.raises(RunInterrupted, match="interrupted at step 6"):
+        run(load_recipe(tiny_recipe, [*BASE, f"output_dir={part}"]))
+    assert sorted(p.name for p in (part / "checkpoints").iterdir()) == ["step-00000004", "step-00000006"]
+    assert not (part / "report.json").exists()
+    monkeypatch.setattr(adapt.loop, "_stop_agreed", real)
+
+    run(load_recipe(tiny_recipe, [*BASE, f"output_dir={part}"]))  # train.resume=auto continues step 6
+    a, b = losses(full), losses(part)
+    assert sorted(a) == sorted(b) == list(range(1, 19))  # no step lost or logged twice
+    assert max(abs(a[s] - b[s]) for s in a) < 1e-5
+    pa, pb = predictions(full), predictions(part)
+    assert pa.keys() == pb.keys()
+    assert all(pa[i]["pred"] == pb[i]["pred"] for i in pa)
+    assert max(abs(x - y) for i in pa for x, y in zip(pa[i]["probs"], pb[i]["probs"])) < 1e-5
+    assert not (part / "checkpoints").exists(), "checkpoints are removed after a successful run"
+
+
+def test_sigterm_writes_checkpoint_then_resume_finishes(tiny_recipe, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "adapt.train", str(tiny_recipe), f"output_dir={out}", "train.epochs=200",
+           "train.max_steps=60"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    log = out / "train_log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and len(log.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted at step" in err and "Traceback" not in err
+    ckpts = list((out / "checkpoints").glob("step-*"))
+    assert len(ckpts) == 1 and (ckpts[0] / "train_state.json").exists()
+    stopped_at = json.loads((ckpts[0] / "train_state.json").read_text())["global_step"]
+    assert 0 < stopped_at < 60
+
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["training"]["optimizer_steps"] == 60
+    assert sorted(losses(out)) == list(range(1, 61))
+
+
+def test_finished_run_is_refused_and_left_intact(tiny_recipe, tmp_path):
+    out = tmp_path / "run"
+    run(load_recipe(tiny_recipe, ["train.epochs=1", f"output_dir={out}"]))
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    from adapt.train import main
+
+    assert main([str(tiny_recipe), "train.epochs=1", f"output_dir={out}"]) == 2
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

@@ -1,0 +1,120 @@
+"""End to end on the tiny model: the run directory, report.json's schema, and re-evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from adapt import load_recipe
+from adapt.evaluate_run import main as evaluate_main
+from adapt.train import main as train_main
+from adapt.train import run
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_run_directory_and_report(tiny_recipe, tmp_path):
+    out = tmp_path / "run"
+    report = run(load_recipe(tiny_recipe, [f"output_dir={out}"]))
+
+    assert {p.name for p in out.iterdir()} == {"recipe.yaml", "model", "predictions", "train_log.jsonl", "report.md",
+                                             "report.json"}
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk == json.loads(json.dumps(report))
+    assert on_disk["schema_version"] == 1 and on_disk["method"] == "source_only"
+    assert on_disk["labels"] == ["negative", "positive"]
+    assert set(on_disk["splits"]) == {"source_dev", "source_test", "target_test"}
+    assert on_disk["splits"]["source_test"]["n"] == 21 and on_disk["splits"]["target_test"]["n"] == 23
+    assert on_disk["splits"]["source_dev"]["n"] == 24  # dev_fraction 0.25 of 96
+    s = on_disk["summary"]
+    assert s["source_accuracy"] == on_disk["splits"]["source_test"]["accuracy"]
+    assert abs(s["transfer_gap"] - (s["source_accuracy"] - s["target_accuracy"])) < 1e-12
+    # The cue words of the target domain never occur in the source: the classifier learns the source only.
+    assert s["source_accuracy"] >= 0.9 and s["transfer_gap"] > 0.2
+    m = on_disk["model"]
+    assert m["params_trainable"] == m["params_total"] > 0 and m["finetune"] == "full"
+    env = on_disk["environment"]
+    assert env["num_processes"] == 1 and env["mixed_precision"] == "no"
+    assert set(env["data_sha256"]) == {"source_train", "source_dev", "source_test", "target_test", "target_unlabeled"}
+    assert on_disk["timing"]["train_samples_per_second"] > 0
+
+    # The resolved recipe stores absolute paths and the actual run directory.
+    resolved = yaml.safe_load((out / "recipe.yaml").read_text())
+    assert resolved["output_dir"] == str(out) and Path(resolved["data"]["source"]["train"]).is_absolute()
+
+    # Predictions: one line per example, metrics recomputable from them.
+    preds = read_jsonl(out / "predictions" / "target_test.jsonl")
+    assert len(preds) == 23 and len({p["id"] for p in preds}) == 23
+    acc = np.mean([p["label"] == p["pred"] for p in preds])
+    assert abs(acc - on_disk["splits"]["target_test"]["accuracy"]) < 1e-12
+    assert all(abs(sum(p["probs"]) - 1) < 1e-4 for p in preds)
+
+    # The saved model is a normal transformers classifier with the label names.
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(out / "model")
+    assert model.config.id2label == {0: "negative", 1: "positive"}
+
+    md = (out / "report.md").read_text()
+    assert "target test accuracy" in md.lower() and "source_test" in md
+
+
+def test_training_log_has_losses_and_selection(tiny_recipe, tmp_path):
+    out = tmp_path / "run"
+    report = run(load_recipe(tiny_recipe, [f"output_dir={out}", "train.epochs=3"]))
+    log = read_jsonl(out / "train_log.jsonl")
+    steps = [r for r in log if "loss" in r]
+    assert [r["global_step"] for r in steps] == list(range(1, 28))
+    assert np.mean([r["loss"] for r in steps[-5:]]) < np.mean([r["loss"] for r in steps[:5]])
+    evals = [r for r in log if "source_dev_macro_f1" in r]
+    assert [r["global_step"] for r in evals] == [9, 18, 27]  # one per epoch
+    sel = report["training"]["selection"]
+    best = max(evals, key=lambda r: r["source_dev_macro_f1"])  # first best wins ties
+    assert sel["best_step"] == best["global_step"] and sel["split"] == "source_dev"
+
+
+def test_max_steps_and_early_stopping(tiny_recipe, tmp_path):
+    r = run(load_recipe(tiny_recipe, [f"output_dir={tmp_path / 'a'}", "train.max_steps=4"]))
+    assert r["training"]["optimizer_steps"] == 4
+    r = run(load_recipe(tiny_recipe, [f"output_dir={tmp_path / 'b'}", "train.epochs=30", "train.eval_every_steps=2",
+                                      "train.early_stopping_patience=2", "train.lr=1e-6"]))
+    assert r["training"]["stopped_early"] and r["training"]["optimizer_steps"] < 30 * 9
+
+
+def test_gradient_accumulation_counts_optimizer_steps(tiny_recipe, tmp_path):
+    r = run(load_recipe(tiny_recipe, [f"output_dir={tmp_path / 'a'}", "train.epochs=1", "train.grad_accum=4"]))
+    assert r["training"]["optimizer_steps"] == 3  # 9 batches -> windows of 4, 4, 1
+    assert r["training"]["effective_batch_size"] == 32
+
+
+def test_evaluate_run_adds_test_splits(tiny_recipe, tiny_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train_main([str(tiny_recipe), f"output_dir={out}", "train.epochs=2"]) == 0
+    before = json.loads((out / "report.json").read_text())
+    rc = evaluate_main([str(out), "--test", f"kitchen_extra={tiny_data['target_test']}", "--role", "target",
+                        "--domain", "kitchen", "--test", f"books_again={tiny_data['source_test']}", "--role", "source"])
+    assert rc == 0
+    after = json.loads((out / "report.json").read_text())
+    assert set(after["splits"]) == set(before["splits"]) | {"kitchen_extra", "books_again"}
+    # The same data scored again gives the same metrics; the summary averages every test split of a role.
+    assert after["splits"]["kitchen_extra"]["accuracy"] == before["splits"]["target_test"]["accuracy"]
+    assert after["splits"]["books_again"]["role"] == "source"
+    assert after["summary"]["target_accuracy"] == before["summary"]["target_accuracy"]
+    assert (out / "predictions" / "kitchen_extra.jsonl").exists()
+    assert "kitchen_extra" in (out / "report.md").read_text()
+    # Re-evaluating the recipe's own splits reproduces the report's numbers.
+    assert evaluate_main([str(out)]) == 0
+    again = json.loads((out / "report.json").read_text())
+    for name in before["splits"]:
+        assert again["splits"][name]["accuracy"] == before["splits"][name]["accuracy"]
+
+
+def test_cli_prints_summary(tiny_recipe, tmp_path, capsys):
+    assert train_main([str(tiny_recipe), f"output_dir={tmp_path / 'r'}", "train.epochs=1"]) == 0
+    out = capsys.readouterr().out
+    assert "source test: accuracy" in out and "transfer gap" in out and str(tmp_path / "r") in out
