@@ -17,7 +17,7 @@ from typing import Literal
 from urllib.parse import parse_qs, urlparse
 
 import numpy as np
-from datasets import Dataset
+from datasets import Dataset, Features, Value
 
 from adapt.errors import AdaptError
 from adapt.hub import hub_offline_requested, hub_reachable
@@ -60,7 +60,7 @@ def _local_files(spec: str, key: str) -> list[str]:
     files = [f for f in files if os.path.isfile(f)]
     if not files:
         what = "no file matches the glob" if glob.has_magic(spec) else "file not found"
-        raise AdaptError(f"`{key}`: {what}: {spec} (fix the path; relative paths in a recipe are relative to the recipe file)")
+        raise AdaptError(f"`{key}`: {what}: {spec} (fix the path: relative paths resolve against the recipe file's folder, or the working directory for command-line overrides)")
     exts = {Path(f).suffix.lower() for f in files}
     if not exts <= set(FORMATS) or len({FORMATS[e] for e in exts}) != 1:
         raise AdaptError(f"`{key}`: {spec} must be .jsonl, .json, .csv or .parquet files of one format; got {sorted(exts)}")
@@ -232,7 +232,15 @@ def _standardise(ds: Dataset, cfg: DataConfig, name: str, labels: list[int] | No
             out["label"] = [labels[i] for i in indices]
         return out
 
-    out = ds.map(fn, batched=True, with_indices=True, remove_columns=ds.column_names, desc=f"standardise {name}")
+    # Explicit features: `datasets` otherwise keeps the input's type for a column name it sees again, so the
+    # label indices of a CSV (whose strings load as large_string) would stay strings.
+    features = {"id": Value("string"), "idx": Value("int64"), "text": Value("string")}
+    if pair_col:
+        features["text_pair"] = Value("string")
+    if labels is not None:
+        features["label"] = Value("int64")
+    out = ds.map(fn, batched=True, with_indices=True, remove_columns=ds.column_names, features=Features(features),
+                 desc=f"standardise {name}")
     counts = Counter(out["id"])
     dup = next((i for i, c in counts.items() if c > 1), None)
     if dup is not None:
@@ -342,3 +350,24 @@ def load_extra_split(
     ds, sha, values = read_raw_split(spec, key, cfg, domain, labeled=True)
     labels = label_index(values, label_names, key, explicit=cfg.label_names is not None)
     return Split(name, role, domain or name, True, _standardise(ds, cfg, name, labels, key), spec, sha)
+
+
+def spec_problems(recipe: Recipe) -> list[str]:
+    """Every data path that cannot be found, checked without reading any data (for `adapt.validate`)."""
+    from adapt import builtin_data
+
+    problems = []
+    for _, key, _, _ in SPLIT_KEYS:
+        spec = _spec_of(recipe, key)
+        if not spec or spec.startswith("hub:"):
+            continue
+        if spec.startswith("builtin:"):
+            corpus, _, split = spec[len("builtin:"):].partition("/")
+            if corpus not in builtin_data.CORPORA or split not in builtin_data.splits(corpus):
+                problems.append(f"`{key}`: unknown built-in data {spec!r}")
+            continue
+        try:
+            _local_files(spec, key)
+        except AdaptError as err:
+            problems.append(str(err))
+    return problems

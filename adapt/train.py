@@ -23,7 +23,7 @@ from datasets import Dataset
 from adapt.data import Split, load_splits
 from adapt.errors import AdaptError, cli_entry, quiet_libraries
 from adapt.features import Collator, tokenize
-from adapt.hub import push_run
+from adapt.hub import hub_reachable, push_run
 from adapt.loop import LoopContext, train
 from adapt.methods import MethodContext, get_method
 from adapt.modeling import (
@@ -207,6 +207,12 @@ def run(recipe: Recipe, *, cwd: Path | None = None) -> dict:
 
 
 def _run(recipe: Recipe, accelerator: Accelerator, precision_source: str, cwd: Path, wall: float) -> dict:
+    if recipe.hub.push and not hub_reachable():
+        # Fail before training, not after it: the push happens at the end.
+        raise AdaptError(
+            f"`hub.push` is true but the Hugging Face Hub is unreachable (offline or HF_HUB_OFFLINE=1); set "
+            f"`hub.push=false` and push the run later, or run where {recipe.hub.repo_id} can be reached"
+        )
     recipe, run, resume_from = setup_run_dir(recipe, accelerator, cwd)
     set_seed(recipe.seed)
     with accelerator.main_process_first():

@@ -1,4 +1,5 @@
-"""Check a recipe without training: print the resolved recipe, or every problem at once.
+"""Check a recipe without training: print the resolved recipe, or every problem at once (schema, cross-field
+checks, and data paths that do not exist).
 
     python -m adapt.validate recipes/sentiment.yaml [key=value ...]
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from adapt.errors import cli_entry
+from adapt.errors import RecipeError, cli_entry
 from adapt.recipe import load_recipe, recipe_to_yaml
 
 
@@ -24,6 +25,11 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     recipe = load_recipe(args.recipe, args.overrides)
+    from adapt.data import spec_problems  # imports datasets: only once the recipe itself is valid
+
+    problems = spec_problems(recipe)
+    if problems:
+        raise RecipeError(problems)
     print(f"# {args.recipe}: valid. Resolved recipe (paths absolute, defaults filled in):")
     print(recipe_to_yaml(recipe), end="")
     return 0

@@ -77,13 +77,17 @@ def test_string_labels_become_sorted_names(tiny_recipe):
 
 
 def test_int_labels_with_label_names(tiny_recipe, tmp_path):
-    ints = [{**r, "label": i % 2} for i, r in enumerate(rows(40))]
-    src = write_jsonl(tmp_path / "src.jsonl", ints)
-    got, names = splits(tiny_recipe, [f"data.source.train={src}", "data.label_names=[bad,good]"])
+    def ints(name: str, n: int) -> Path:
+        return write_jsonl(tmp_path / f"{name}.jsonl", [{**r, "label": i % 2} for i, r in enumerate(rows(n))])
+
+    labelled = [f"data.source.train={ints('train', 40)}", f"data.source.test={ints('test', 6)}",
+                f"data.target.test={ints('target', 6)}", "~data.target.domain", "~data.target.unlabeled"]
+    got, names = splits(tiny_recipe, labelled + ["data.label_names=[bad,good]"])
     assert names == ["bad", "good"]
     assert Counter(got["source_train"].dataset["label"] + got["source_dev"].dataset["label"]) == {0: 20, 1: 20}
-    # The string labels of the test files are names in that set: `negative` is not.
-    assert "not in the label set" in data_error(tiny_recipe, ["data.label_names=[bad,good]"])
+    assert got["target_test"].dataset["label"] == [0, 1, 0, 1, 0, 1]
+    # Without label names, integer labels name themselves.
+    assert splits(tiny_recipe, labelled)[1] == ["0", "1"]
 
 
 def test_null_label_names_the_split_and_the_row(tiny_recipe, tmp_path):
@@ -107,8 +111,8 @@ def test_label_outside_the_label_set(tiny_recipe, tmp_path):
     bad = rows(5)
     bad[2]["label"] = "neutral"
     path = write_jsonl(tmp_path / "bad.jsonl", bad)
-    message = data_error(tiny_recipe, [f"data.target.test={path}", "data.target.domain=books"])
-    assert "`data.target.test`" in message and "'neutral'" in message and "['negative', 'positive']" in message
+    message = data_error(tiny_recipe, [f"data.source.test={path}"])
+    assert "`data.source.test`" in message and "'neutral'" in message and "['negative', 'positive']" in message
 
 
 def test_target_label_never_seen_in_source_train(tiny_recipe, tmp_path):
