@@ -11,7 +11,9 @@ import glob
 import hashlib
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, urlparse
@@ -152,6 +154,14 @@ def _filter_domain(ds: Dataset, cfg: DataConfig, domain: str | None, key: str) -
     return out
 
 
+def _row(ds: Dataset, cfg: DataConfig, i: int) -> str:
+    """Row `i` for a message. Positions count the rows left after domain filtering, across globbed files, so
+    the example id, when the file has one, is what finds the row in the file."""
+    if cfg.id_column in ds.column_names:
+        return f"row {i} (id {ds[i][cfg.id_column]!r})"
+    return f"row {i}"
+
+
 def _check_columns(ds: Dataset, cfg: DataConfig, labeled: bool, key: str) -> None:
     needed = [("data.text_column", cfg.text_column)]
     if cfg.text_pair_column:
@@ -166,7 +176,7 @@ def _check_columns(ds: Dataset, cfg: DataConfig, labeled: bool, key: str) -> Non
     for col in [c for _, c in needed[:2] if c != cfg.label_column]:
         for i, text in enumerate(ds[col]):
             if not isinstance(text, str):
-                raise AdaptError(f"`{key}`: row {i} has a {type(text).__name__} in text column {col!r}, not a string: {text!r}")
+                raise AdaptError(f"`{key}`: {_row(ds, cfg, i)} has a {type(text).__name__} in text column {col!r}, not a string: {text!r}")
     if len(ds) == 0:
         raise AdaptError(f"`{key}` is empty: give a file with at least one row")
 
@@ -176,11 +186,11 @@ def _label_values(ds: Dataset, cfg: DataConfig, key: str) -> list:
     for i, v in enumerate(values):
         if v is None or (isinstance(v, float) and np.isnan(v)):
             raise AdaptError(
-                f"`{key}`: row {i} has no label (null in {cfg.label_column!r}); labelled splits need a label on every "
+                f"`{key}`: {_row(ds, cfg, i)} has no label (null in {cfg.label_column!r}); labelled splits need a label on every "
                 "row. Fix the data, or use the file as `data.target.unlabeled`."
             )
         if isinstance(v, bool) or not isinstance(v, (int, str, float)):
-            raise AdaptError(f"`{key}`: row {i} has label {v!r}; labels must be integers or strings")
+            raise AdaptError(f"`{key}`: {_row(ds, cfg, i)} has label {v!r}; labels must be integers or strings")
     return values
 
 
@@ -197,8 +207,8 @@ def infer_label_names(cfg: DataConfig, source_train_values: list) -> list[str]:
     return [str(int(v)) if isinstance(v, float) else str(v) for v in distinct]
 
 
-def label_index(values: list, names: list[str], key: str, explicit: bool) -> list[int]:
-    """Map raw label values (indices or names) to indices into `names`."""
+def label_index(values: list, names: list[str], key: str, explicit: bool, row: Callable[[int], str] = "row {}".format) -> list[int]:
+    """Map raw label values (indices or names) to indices into `names`; `row` names a row in messages."""
     by_name = {n: i for i, n in enumerate(names)}
     out = []
     for i, v in enumerate(values):
@@ -210,7 +220,7 @@ def label_index(values: list, names: list[str], key: str, explicit: bool) -> lis
             out.append(by_name[str(int(v))])
         else:
             raise AdaptError(
-                f"`{key}`: row {i} has label {v!r}, which is not in the label set {names}. Fix the data or "
+                f"`{key}`: {row(i)} has label {v!r}, which is not in the label set {names}. Fix the data or "
                 "`data.label_names` (labels may be names or 0-based indices into it)."
             )
     return out
@@ -310,10 +320,12 @@ def load_splits(recipe: Recipe) -> tuple[dict[str, Split], list[str]]:
             domain = getattr(cfg, role).domain
             raw[name] = (key, role, labeled, spec, *read_raw_split(spec, key, cfg, domain, labeled))
     label_names = infer_label_names(cfg, raw["source_train"][6])
-    seen_in_source = set(label_index(raw["source_train"][6], label_names, "data.source.train", cfg.label_names is not None))
+    explicit = cfg.label_names is not None
+    source_ds, source_values = raw["source_train"][4], raw["source_train"][6]
+    seen_in_source = set(label_index(source_values, label_names, "data.source.train", explicit, partial(_row, source_ds, cfg)))
     splits: dict[str, Split] = {}
     for name, (key, role, labeled, spec, ds, sha, values) in raw.items():
-        labels = label_index(values, label_names, key, cfg.label_names is not None) if labeled else None
+        labels = label_index(values, label_names, key, explicit, partial(_row, ds, cfg)) if labeled else None
         unseen = sorted({label_names[i] for i in labels or []} - {label_names[i] for i in seen_in_source})
         if unseen:
             raise AdaptError(
@@ -348,7 +360,7 @@ def load_extra_split(
     """A labelled test split added after training (`adapt.evaluate_run --test NAME=PATH`)."""
     key = f"--test {name}"
     ds, sha, values = read_raw_split(spec, key, cfg, domain, labeled=True)
-    labels = label_index(values, label_names, key, explicit=cfg.label_names is not None)
+    labels = label_index(values, label_names, key, cfg.label_names is not None, partial(_row, ds, cfg))
     return Split(name, role, domain or name, True, _standardise(ds, cfg, name, labels, key), spec, sha)
 
 

@@ -104,13 +104,17 @@ def setup_run_dir(recipe: Recipe, accelerator: Accelerator, cwd: Path) -> tuple[
     if accelerator.num_processes > 1:
         broadcast_object_list(root)  # the timestamp must not differ between processes
     run = RunDir(Path(root[0]))
-    resume_from = plan_output_dir(run, recipe.train.resume)
-    accelerator.wait_for_everyone()
+    return replace(recipe, output_dir=str(run.root)), run, plan_output_dir(run, recipe.train.resume)
+
+
+def open_run_dir(run: RunDir, recipe: Recipe, resume_from: Path | None, accelerator: Accelerator) -> None:
+    """Create the run directory once data and model have loaded, so bad input leaves nothing behind."""
     if accelerator.is_main_process:
         run.root.mkdir(parents=True, exist_ok=True)
         if resume_from is None:
-            run.train_log.unlink(missing_ok=True)
-    return replace(recipe, output_dir=str(run.root)), run, resume_from
+            run.train_log.unlink(missing_ok=True)  # a fresh start in a directory a killed run left behind
+        atomic_write_text(run.recipe, recipe_to_yaml(recipe))
+    accelerator.wait_for_everyone()
 
 
 @dataclass
@@ -218,8 +222,7 @@ def _run(recipe: Recipe, accelerator: Accelerator, precision_source: str, cwd: P
     with accelerator.main_process_first():
         splits, label_names = load_splits(recipe)
     bundle = setup_model(recipe, label_names)
-    if accelerator.is_main_process:
-        atomic_write_text(run.recipe, recipe_to_yaml(recipe))
+    open_run_dir(run, recipe, resume_from, accelerator)
     tokenized = tokenize_splits(splits, bundle.tokenizer, recipe, accelerator)
     collate = Collator(bundle.tokenizer.pad_token_id)
     model = accelerator.prepare(bundle.model)
