@@ -48,7 +48,10 @@ def cli_entry(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | 
 
 
 def quiet_libraries() -> None:
-    """Command-line runs show our own progress bar; transformers' per-file load/save bars only add noise."""
+    """Command-line runs show our own progress bar and a line per stage; the libraries' per-file and per-map
+    bars only add noise."""
+    import datasets
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()

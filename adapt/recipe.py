@@ -144,6 +144,11 @@ class TrainConfig:
         path=True, keywords=("auto", "never"),
     )
     num_workers: int = _f(0, "DataLoader worker processes.")
+    cpu_threads: int | None = _f(
+        None,
+        "Torch threads per process on CPU. null: keep the environment's setting, except that `accelerate launch`'s "
+        "default of 1 thread per process becomes the machine's cores divided by the processes on it.",
+    )
 
 
 @dataclass(frozen=True)
@@ -291,7 +296,12 @@ def _build(cls: type, raw: dict, prefix: str, problems: list[str]) -> Any:
         if key not in fields:
             problems.append(f"unknown key `{full}`{_suggest(str(key), list(fields))}")
             continue
-        kwargs[key] = _coerce(value, hints[key], full, problems)
+        before = len(problems)
+        value = _coerce(value, hints[key], full, problems)
+        # A bad value keeps the default, so the cross-field checks can still run; a section built with a bad
+        # key inside is kept (its bad keys already fell back to their defaults).
+        if len(problems) == before or dataclasses.is_dataclass(value):
+            kwargs[key] = value
     return cls(**kwargs)
 
 
@@ -454,6 +464,7 @@ def _check(recipe: Recipe) -> list[str]:
         if value is not None and value < low:
             p.append(f"`{key}` must be >= {low}, got {value}")
     for key, value in (("train.max_steps", t.max_steps), ("train.eval_every_steps", t.eval_every_steps),
+                       ("train.cpu_threads", t.cpu_threads),
                        ("train.early_stopping_patience", t.early_stopping_patience)):
         if value is not None and value < 1:
             p.append(f"`{key}` must be >= 1 or null, got {value}")
@@ -507,13 +518,11 @@ def parse_recipe(
     problems = list(problems or [])
     raw = _resolve_paths(raw, Recipe, base_dir or Path.cwd())
     recipe = _build(Recipe, raw, "", problems)
-    if problems:
-        raise RecipeError(problems)
     if recipe.model.finetune == "lora" and recipe.model.lora is None:
         recipe = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, lora=LoraSection()))
     if recipe.name is None:
         recipe = dataclasses.replace(recipe, name=default_name or "run")
-    problems = _check(recipe)
+    problems += _check(recipe)  # with the problems above: every problem is reported at once
     if problems:
         raise RecipeError(problems)
     return recipe

@@ -79,7 +79,23 @@ def setup_accelerator(recipe: Recipe) -> tuple[Accelerator, str]:
             "would train its own copy into the same directory. On a CPU machine launch with "
             "`ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes N ...`"
         )
+    set_cpu_threads(accelerator, recipe.train.cpu_threads)
     return accelerator, source
+
+
+def set_cpu_threads(accelerator: Accelerator, requested: int | None) -> None:
+    """Torch's intra-op threads on CPU. `accelerate launch` without `--cpu` exports OMP_NUM_THREADS=1 to every
+    process, which on a CPU-only machine halves training speed on 2 cores; spread the cores over the processes
+    instead."""
+    if accelerator.device.type != "cpu":
+        return
+    if requested is not None:
+        torch.set_num_threads(requested)
+        return
+    launched_by_accelerate = "ACCELERATE_MIXED_PRECISION" in os.environ  # exported by `accelerate launch`
+    if launched_by_accelerate and os.environ.get("OMP_NUM_THREADS") == "1":
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // max(1, local)))
 
 
 def shutdown(accelerator: Accelerator) -> None:
@@ -223,6 +239,7 @@ def _run(recipe: Recipe, accelerator: Accelerator, precision_source: str, cwd: P
         splits, label_names = load_splits(recipe)
     bundle = setup_model(recipe, label_names)
     open_run_dir(run, recipe, resume_from, accelerator)
+    _print_setup(accelerator, run, resume_from, splits, label_names, bundle, recipe)
     tokenized = tokenize_splits(splits, bundle.tokenizer, recipe, accelerator)
     collate = Collator(bundle.tokenizer.pad_token_id)
     model = accelerator.prepare(bundle.model)
@@ -266,6 +283,19 @@ def _run(recipe: Recipe, accelerator: Accelerator, precision_source: str, cwd: P
             print(f"pushed to {push_run(run.root, recipe.hub.repo_id, private=recipe.hub.private)}")
     accelerator.wait_for_everyone()
     return report
+
+
+def _print_setup(accelerator: Accelerator, run: RunDir, resume_from: Path | None, splits: dict[str, Split],
+                 label_names: list[str], bundle: ModelBundle, recipe: Recipe) -> None:
+    """One line per stage, so a person sees what is about to train before the progress bar starts."""
+    total, trainable = count_parameters(bundle.model)
+    sizes = ", ".join(f"{name} {len(s.dataset)}" for name, s in splits.items())
+    accelerator.print(f"run: {run.root}" + (f" (resuming {resume_from.name})" if resume_from else ""))
+    accelerator.print(f"data: {sizes}; labels {label_names}")
+    accelerator.print(f"model: {bundle.resolved.name_or_path} from {bundle.resolved.path}; finetune {recipe.model.finetune}, "
+                      f"{trainable:,} of {total:,} parameters train")
+    accelerator.print(f"method: {recipe.method.name}; {accelerator.num_processes} process(es) on {device_name(accelerator)}, "
+                      f"{torch.get_num_threads()} threads, precision {accelerator.mixed_precision}")
 
 
 def _save_model_atomically(net: torch.nn.Module, tokenizer, run: RunDir) -> None:
