@@ -193,10 +193,20 @@ def versions() -> dict[str, str]:
     return {"python": platform.python_version(), **{k: m.__version__ for k, m in mods.items()}}
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_name(accelerator: Accelerator) -> str:
     if accelerator.device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(accelerator.device)})"
-    return f"cpu ({platform.processor() or platform.machine()})"
+    return f"cpu ({cpu_model()}, {len(os.sched_getaffinity(0))} cores)"
 
 
 def environment(accelerator: Accelerator, precision_source: str, splits: dict[str, Split]) -> dict:

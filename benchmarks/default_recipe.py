@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -23,16 +22,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> int:
@@ -65,8 +54,8 @@ def main() -> int:
         "peak_rss_gib": round(peak_rss_gib, 2),
         "source_accuracy": round(s["source_accuracy"], 4), "target_accuracy": round(s["target_accuracy"], 4),
         "transfer_gap_points": round(100 * s["transfer_gap"], 1),
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": report["environment"]["threads"],
-                    "device": report["environment"]["device"], "precision": report["environment"]["mixed_precision"]},
+        "machine": {"device": report["environment"]["device"], "threads": report["environment"]["threads"],
+                    "precision": report["environment"]["mixed_precision"]},
         "versions": report["environment"]["versions"], "git_commit": report["environment"]["git_commit"],
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
