@@ -44,6 +44,7 @@ class TrainState:
     best_value: float | None = None
     best_step: int | None = None
     evals_since_best: int = 0
+    last_eval_step: int = -1
     stopped_early: bool = False
     samples: int = 0  # training examples processed, over all processes
     train_seconds: float = 0.0  # time in training steps (not evaluation or checkpoint writes)
@@ -92,9 +93,12 @@ class _StopSignals:
 
 
 def _stop_agreed(ctx: LoopContext) -> bool:
-    """Whether any process was asked to stop. With several processes all must agree, or DDP would hang."""
+    """Whether any process was asked to stop. With several processes all must agree, or DDP would hang; that
+    agreement is a collective and a host sync, so it is reached every 10 steps rather than every step."""
     if ctx.accelerator.num_processes == 1:
         return ctx.stop_requested
+    if ctx.state.global_step % 10:
+        return False
     flag = torch.tensor([float(ctx.stop_requested)], device=ctx.accelerator.device)
     return bool(ctx.accelerator.reduce(flag, "max").item())
 
@@ -156,6 +160,9 @@ def restore_best(ctx: LoopContext) -> None:
 def evaluate_selection(ctx: LoopContext) -> None:
     """Score the selection split; keep the best weights; count evaluations without improvement."""
     cfg, state = ctx.recipe, ctx.state
+    if state.last_eval_step == state.global_step:  # an epoch ended on a step that was just evaluated
+        return
+    state.last_eval_step = state.global_step
     entry, _ = score_split(ctx.accelerator, ctx.model, ctx.select_split, ctx.select_tokenized, ctx.label_names,
                            cfg.eval.batch_size, ctx.collate, None)
     value = entry[cfg.eval.selection_metric]
@@ -218,7 +225,6 @@ class PhaseRunner:
         self.optimizer = acc.prepare(build_optimizer(ctx.model, cfg))
         # Stepped by us once per optimizer step (not passed to prepare, which steps it once per process).
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
-        acc.register_for_checkpointing(self.scheduler)
         self.params = [p for p in ctx.model.parameters() if p.requires_grad]
         self.logs = _Logs()
 
@@ -316,6 +322,20 @@ class PhaseRunner:
             restore_best(ctx)
 
 
+class _CurrentScheduler:
+    """Registered for checkpointing once: it saves whichever phase's schedule is running, so the number of
+    checkpointed objects is the same however many phases came before."""
+
+    scheduler = None
+
+    def state_dict(self) -> dict:
+        return self.scheduler.state_dict() if self.scheduler is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.scheduler is not None and state:
+            self.scheduler.load_state_dict(state)
+
+
 def load_checkpoint_state(path: Path) -> dict:
     return json.loads((path / "train_state.json").read_text())
 
@@ -324,9 +344,12 @@ def train(ctx: LoopContext, phases: list[Phase], resume_from: Path | None) -> Tr
     """Run the method's phases in order, continuing from `resume_from` when given."""
     acc, state = ctx.accelerator, ctx.state
     acc.register_for_checkpointing(state)
+    schedule = _CurrentScheduler()
+    acc.register_for_checkpointing(schedule)
     if resume_from is not None:
         state.load_state_dict(load_checkpoint_state(resume_from))
-        ctx.run.truncate_log(state.global_step) if acc.is_main_process else None
+        if acc.is_main_process:
+            ctx.run.truncate_log(state.global_step)
     with _StopSignals(ctx):
         for index, phase in enumerate(phases):
             if index < state.phase:
@@ -335,10 +358,13 @@ def train(ctx: LoopContext, phases: list[Phase], resume_from: Path | None) -> Tr
                 state.phase, state.epoch, state.batches_in_epoch, state.step = index, 0, 0, 0
                 state.best_value, state.best_step, state.evals_since_best, state.stopped_early = None, None, 0, False
             runner = PhaseRunner(ctx, phase)
+            schedule.scheduler = runner.scheduler
             if resume_from is not None and index == state.phase:
                 acc.load_state(str(resume_from))  # model, optimizer, scheduler, TrainState, RNG states
                 resume_from = None
             runner.run()
+            # A finished phase's optimizer must not be saved into, or restored from, later checkpoints.
+            acc._optimizers.remove(runner.optimizer)
             if ctx.recipe.train.max_steps is not None and state.global_step >= ctx.recipe.train.max_steps:
                 break
     return state

@@ -7,6 +7,7 @@ import time
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.data_loader import prepare_data_loader
 from datasets import Dataset
 
 from adapt.data import Split
@@ -22,7 +23,10 @@ def predict_logits(accelerator: Accelerator, model: torch.nn.Module, ds: Dataset
     `gather_for_metrics` drops the copies that sharding adds to even out the last batches; the row index travels
     with each prediction, and we check that every row came back exactly once.
     """
-    loader = accelerator.prepare_data_loader(eval_loader(ds, batch_size, collate))
+    # The module-level `prepare_data_loader`: `Accelerator.prepare_data_loader` would also register the loader
+    # for checkpointing, and every evaluation would add one more.
+    loader = prepare_data_loader(eval_loader(ds, batch_size, collate), device=accelerator.device,
+                                 num_processes=accelerator.num_processes, process_index=accelerator.process_index)
     net = accelerator.unwrap_model(model)  # no DDP hooks needed for inference
     was_training = net.training
     net.eval()
