@@ -28,13 +28,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import random
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from adapt.rundir import atomic_write_text
 
 VERSION = "v1"
 
@@ -1126,22 +1126,14 @@ def generate(corpus: str, split: str, domains: Iterable[str] | None = None) -> l
 
 
 def _write_jsonl(rows: Sequence[dict], path: Path) -> str:
-    """Writes rows atomically (temp file + rename) and returns their sha256.
+    """Writes rows atomically and returns their sha256.
 
     Atomic so that an interrupted run, or two processes materialising the
     same split, never leave a truncated file that a later run would trust.
     """
-    data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return hashlib.sha256(data).hexdigest()
+    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    atomic_write_text(path, text)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def materialize(corpus: str, split: str, cache_dir: Path) -> Path:
