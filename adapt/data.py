@@ -134,6 +134,10 @@ def read_spec(spec: str, key: str) -> tuple[Dataset, str]:
         return _read_hub(spec, key)
     if spec.startswith("builtin:"):
         files, _ = _read_builtin(spec, key)
+    elif spec.startswith("amazon:"):
+        from adapt import carve
+
+        files = [str(carve.spec_path(spec, key, cache_dir()))]
     else:
         files = _local_files(spec, key)
     return _read_files(files, key), _files_sha256(files)
@@ -377,6 +381,12 @@ def spec_problems(recipe: Recipe) -> list[str]:
             corpus, _, split = spec[len("builtin:"):].partition("/")
             if corpus not in builtin_data.CORPORA or split not in builtin_data.splits(corpus):
                 problems.append(f"`{key}`: unknown built-in data {spec!r}")
+            continue
+        if spec.startswith("amazon:"):
+            from adapt import carve
+
+            if problem := carve.spec_problem(spec, key):
+                problems.append(problem)
             continue
         try:
             _local_files(spec, key)

@@ -21,7 +21,7 @@ import yaml
 from adapt.errors import RecipeError
 
 # Split specs with one of these prefixes are not local paths and are never made absolute.
-NON_PATH_SCHEMES = ("builtin:", "hub:")
+NON_PATH_SCHEMES = ("builtin:", "hub:", "amazon:")
 
 
 def _f(default: Any, help: str, *, path: bool = False, keywords: tuple[str, ...] = (), factory: Any = None) -> Any:
@@ -35,7 +35,9 @@ def _f(default: Any, help: str, *, path: bool = False, keywords: tuple[str, ...]
 
 SPLIT_HELP = (
     "a local file (.jsonl/.json/.csv/.parquet; globs allowed), `builtin:<corpus>/<split>` for the generated "
-    "corpus, or `hub:<dataset id>[?config=NAME&split=NAME]` for a Hugging Face Hub dataset"
+    "corpus, `amazon:<domain>/<split>` for the fixed carve of the Amazon reviews (split train, dev, test or "
+    "unlabeled; data folder in `ADAPT_AMAZON_DIR`; see `adapt.carve`), or "
+    "`hub:<dataset id>[?config=NAME&split=NAME]` for a Hugging Face Hub dataset"
 )
 
 

@@ -23,10 +23,12 @@ A recipe is a YAML file with the sections below. Any key can be overridden on th
 default). Unknown keys are errors. Relative paths in a recipe file are relative to that file; on the command
 line, relative to the working directory. `python -m adapt.validate RECIPE` prints the resolved recipe.
 
-Data paths take three forms: a local file (`.jsonl`, `.json`, `.csv`, `.parquet`; globs such as
+Data paths take four forms: a local file (`.jsonl`, `.json`, `.csv`, `.parquet`; globs such as
 `data/*.jsonl` allowed), `builtin:<corpus>/<split>` for the generated corpus (see
-`data_cards/builtin_reviews.md`), or `hub:<dataset id>[?config=NAME&split=NAME]` for a Hugging Face Hub dataset
-(needs the Hub, or `HF_HUB_OFFLINE=1` and a cached copy).
+`data_cards/builtin_reviews.md`), `amazon:<domain>/<split>` for the fixed carve of a local copy of the Amazon
+multi-domain reviews (folder in `ADAPT_AMAZON_DIR`; see `data_cards/amazon_multidomain.md`), or
+`hub:<dataset id>[?config=NAME&split=NAME]` for a Hugging Face Hub dataset (needs the Hub, or
+`HF_HUB_OFFLINE=1` and a cached copy).
 """
 
 
