@@ -47,6 +47,9 @@ class TrainState:
     last_eval_step: int = -1
     stopped_early: bool = False
     samples: int = 0  # training examples processed, over all processes
+    real_tokens: int = 0  # non-padding tokens processed, over all processes
+    padded_tokens: int = 0  # tokens including padding
+    sum_len_sq: int = 0  # sum over sequences of length^2 (attention FLOPs grow with it)
     train_seconds: float = 0.0  # time in training steps (not evaluation or checkpoint writes)
     epochs_run: int = 0
 
@@ -227,6 +230,21 @@ class PhaseRunner:
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
         self.params = [p for p in ctx.model.parameters() if p.requires_grad]
         self.logs = _Logs()
+        # Token counts stay on the device (no host sync per step) until folded into the state.
+        self.token_sums = torch.zeros(3, dtype=torch.float64, device=acc.device)
+
+    def _count_tokens(self, batch: dict) -> None:
+        lengths = batch["attention_mask"].sum(dim=1, dtype=torch.float64)
+        self.token_sums += torch.stack([lengths.sum(), lengths.new_tensor(batch["attention_mask"].numel()),
+                                        (lengths * lengths).sum()])
+
+    def _fold_tokens(self) -> None:
+        """Add the device-side token counts of all processes to the state (a collective: call on every rank)."""
+        real, padded, sq = (int(v) for v in self.ctx.accelerator.reduce(self.token_sums, "sum").tolist())
+        state = self.ctx.state
+        state.real_tokens, state.padded_tokens, state.sum_len_sq = (
+            state.real_tokens + real, state.padded_tokens + padded, state.sum_len_sq + sq)
+        self.token_sums.zero_()
 
     def _aux_batches(self) -> dict:
         if not hasattr(self, "_aux"):
@@ -242,6 +260,7 @@ class PhaseRunner:
             # Divide by the micro-batches in this accumulation window so the summed gradient is a mean.
             acc.backward(out.loss / window)
         self.logs.add(out.loss, out.logs)
+        self._count_tokens(batch)
         ctx.state.samples += batch["input_ids"].shape[0] * acc.num_processes
 
     def _optimizer_step(self) -> None:
@@ -257,6 +276,9 @@ class PhaseRunner:
     def _after_step(self) -> bool:
         """Logging, evaluation, checkpoints, interrupts; returns True when the phase must stop."""
         ctx, cfg, state = self.ctx, self.ctx.recipe, self.ctx.state
+        checkpoint = state.global_step % cfg.train.checkpoint_every_steps == 0
+        if state.global_step % cfg.report.log_every_steps == 0 or checkpoint:
+            self._fold_tokens()
         if state.global_step % cfg.report.log_every_steps == 0:
             values = self.logs.flush(ctx.accelerator)
             if ctx.accelerator.is_main_process:
@@ -265,9 +287,10 @@ class PhaseRunner:
                                     "lr": self.scheduler.get_last_lr()[0], **values})
         if self.phase.select and cfg.train.eval_every_steps and state.step % cfg.train.eval_every_steps == 0:
             evaluate_selection(ctx)
-        if state.global_step % cfg.train.checkpoint_every_steps == 0:
+        if checkpoint:
             save_checkpoint(ctx)
         if _stop_agreed(ctx):
+            self._fold_tokens()
             path = save_checkpoint(ctx)
             raise RunInterrupted(
                 f"interrupted at step {state.global_step}; checkpoint saved in {path}. Continue with the same command "
@@ -318,6 +341,7 @@ class PhaseRunner:
             if stop or state.stopped_early:
                 break
         bar.close()
+        self._fold_tokens()
         if self.phase.select:
             restore_best(ctx)
 

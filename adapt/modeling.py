@@ -69,7 +69,7 @@ def load_tokenizer(resolved: ResolvedModel):
         raise _load_error(resolved, err) from None
 
 
-def load_classifier(resolved: ResolvedModel, label_names: list[str]) -> torch.nn.Module:
+def load_classifier(resolved: ResolvedModel, label_names: list[str], attention: str = "sdpa") -> torch.nn.Module:
     """A sequence classifier with `id2label`/`label2id` set, so the saved model is self-describing."""
     id2label = dict(enumerate(label_names))
     try:
@@ -82,7 +82,7 @@ def load_classifier(resolved: ResolvedModel, label_names: list[str]) -> torch.nn
         hf_logging.set_verbosity_error()
         try:
             return AutoModelForSequenceClassification.from_pretrained(
-                resolved.path, config=config, local_files_only=resolved.local_only
+                resolved.path, config=config, local_files_only=resolved.local_only, attn_implementation=attention
             )
         finally:
             hf_logging.set_verbosity(verbosity)

@@ -105,6 +105,9 @@ class ModelConfig:
         "How much trains: everything; only the classifier head; everything above the embeddings and the lowest "
         "`freeze_layers` layers; or LoRA adapters plus the head.",
     )
+    attention: Literal["sdpa", "eager"] = _f(
+        "sdpa", "Attention kernel: PyTorch's fused scaled-dot-product attention, or the plain eager implementation."
+    )
     freeze_layers: int | None = _f(
         None, "With `finetune: freeze`: encoder layers frozen above the embeddings (default: half of them)."
     )

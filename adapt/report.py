@@ -97,7 +97,8 @@ def render_markdown(report: dict, log: list[dict]) -> str:
         f"- fine-tuning: `{m['finetune']}`; trainable parameters {m['params_trainable']:,} of {m['params_total']:,} "
         f"({100 * m['params_trainable'] / max(1, m['params_total']):.2f}%)", "",
         "## Timing and environment", "",
-        f"- training: {t['train_seconds']:.1f} s, {t['train_samples_per_second']:.1f} samples/s; "
+        f"- training: {t['train_seconds']:.1f} s, {t['train_samples_per_second']:.1f} samples/s, "
+        f"{t.get('train_tokens_per_second', 0):,.0f} real tokens/s, {100 * t.get('train_padding_fraction', 0):.1f}% padding; "
         f"evaluation {t['eval_samples_per_second']:.1f} samples/s",
         f"- {env['num_processes']} process(es) on {env['device']}, {env['threads']} threads, precision "
         f"`{env['mixed_precision']}` ({env.get('mixed_precision_source', '')})",

