@@ -9,9 +9,7 @@ by its `adapt_export.json`). The tokenisation settings (`data.max_length`, `data
 from __future__ import annotations
 
 import json
-import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -19,7 +17,6 @@ import numpy as np
 import torch
 from datasets import Dataset
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
-from transformers.utils import logging as hf_logging
 
 from adapt.errors import AdaptError
 from adapt.features import Collator, eval_loader, tokenize
@@ -87,21 +84,6 @@ def label_names(model_dir: Path) -> list[str]:
     return [str(config.id2label[i]) for i in range(config.num_labels)]
 
 
-@contextmanager
-def _quiet_adapter_loading() -> Iterator[None]:
-    """Loading a LoRA adapter first builds its base model, whose classifier head is missing by design (the
-    adapter brings the trained one): transformers' load report about it would only alarm. peft 0.21 also reads
-    `is_gradient_checkpointing`, which transformers 5 deprecates; that one warning is filtered, no other."""
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-            yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-
-
 def load_model(model_dir: Path) -> torch.nn.Module:
     """A full model, a LoRA adapter on its base (peft-wrapped), or an int8 export, in eval mode."""
     info = read_export_info(model_dir)
@@ -109,9 +91,6 @@ def load_model(model_dir: Path) -> torch.nn.Module:
         from adapt.export import load_int8  # the int8 format is defined next to the code that writes it
 
         return load_int8(model_dir, info).eval()
-    if (model_dir / "adapter_config.json").is_file():
-        with _quiet_adapter_loading():
-            return load_saved_model(model_dir).eval()
     return load_saved_model(model_dir).eval()
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,7 +149,9 @@ def _apply_lora(model: torch.nn.Module, cfg: ModelConfig) -> tuple[torch.nn.Modu
         task_type=TaskType.SEQ_CLS, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
         target_modules=list(lora.target_modules), modules_to_save=head_parameter_modules(model),
     )
-    return get_peft_model(model, peft_cfg), {"lora": {"r": lora.r, "alpha": lora.alpha, "target_modules": list(lora.target_modules)}}
+    with _quiet_adapter_loading():
+        peft_model = get_peft_model(model, peft_cfg)
+    return peft_model, {"lora": {"r": lora.r, "alpha": lora.alpha, "target_modules": list(lora.target_modules)}}
 
 
 def head_parameter_modules(model: torch.nn.Module) -> list[str]:
@@ -161,6 +166,21 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
 
 # ----------------------------------------------------------------------------------------------------------
 # Saved models.
+
+
+@contextmanager
+def _quiet_adapter_loading() -> Iterator[None]:
+    """Loading a LoRA adapter first builds its base model, whose classifier head is missing by design (the
+    adapter brings the trained one): transformers' load report about it would only alarm. peft 0.21 also reads
+    `is_gradient_checkpointing`, which transformers 5 deprecates; that one warning is filtered, no other."""
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def save_model(model: torch.nn.Module, tokenizer, out_dir: Path) -> None:
@@ -182,5 +202,7 @@ def load_saved_model(model_dir: Path) -> torch.nn.Module:
     base = json.loads(adapter_cfg.read_text())["base_model_name_or_path"]
     resolved = resolve_model(base)
     config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)  # carries num_labels / id2label
-    model = AutoModelForSequenceClassification.from_pretrained(resolved.path, config=config, local_files_only=resolved.local_only)
-    return PeftModel.from_pretrained(model, str(model_dir))
+    with _quiet_adapter_loading():
+        model = AutoModelForSequenceClassification.from_pretrained(
+            resolved.path, config=config, local_files_only=resolved.local_only)
+        return PeftModel.from_pretrained(model, str(model_dir))
