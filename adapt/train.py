@@ -123,7 +123,40 @@ def setup_run_dir(recipe: Recipe, accelerator: Accelerator, cwd: Path) -> tuple[
     if accelerator.num_processes > 1:
         broadcast_object_list(root)  # the timestamp must not differ between processes
     run = RunDir(Path(root[0]))
-    return replace(recipe, output_dir=str(run.root)), run, plan_output_dir(run, recipe.train.resume)
+    recipe = replace(recipe, output_dir=str(run.root))
+    resume_from = plan_output_dir(run, recipe.train.resume)
+    if resume_from is not None and recipe.train.resume == "auto":
+        check_same_recipe(recipe, run)
+    return recipe, run, resume_from
+
+
+# Keys that may change between an interrupted run and its continuation without changing what it computes.
+RESUMABLE_CHANGES = {"train.resume", "train.max_steps", "train.checkpoint_every_steps", "train.keep_checkpoints",
+                     "train.num_workers", "train.cpu_threads", "hub.push", "hub.repo_id", "hub.private"}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def check_same_recipe(recipe: Recipe, run: RunDir) -> None:
+    """Continuing another recipe's checkpoint would silently mix two experiments in one directory."""
+    if not run.recipe.exists():
+        return
+    import yaml
+
+    before = _flatten(yaml.safe_load(run.recipe.read_text()))
+    now = _flatten(recipe_to_dict(recipe))
+    changed = sorted(k for k in before.keys() | now.keys() if k not in RESUMABLE_CHANGES and before.get(k) != now.get(k))
+    if changed:
+        diffs = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:5])
+        raise AdaptError(
+            f"`output_dir` {run.root} holds an unfinished run of a different recipe ({diffs}); continue it with its "
+            f"own recipe ({run.recipe}), or choose another `output_dir`"
+        )
 
 
 def open_run_dir(run: RunDir, recipe: Recipe, resume_from: Path | None, accelerator: Accelerator) -> None:

@@ -91,3 +91,19 @@ def test_finished_run_is_refused_and_left_intact(tiny_recipe, tmp_path):
 
     assert main([str(tiny_recipe), "train.epochs=1", f"output_dir={out}"]) == 2
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_resuming_with_a_different_recipe_is_refused(tiny_recipe, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    real = adapt.loop._stop_agreed
+    monkeypatch.setattr(adapt.loop, "_stop_agreed", lambda ctx: ctx.state.global_step == 3 or real(ctx))
+    with pytest.raises(RunInterrupted):
+        run(load_recipe(tiny_recipe, [*BASE, f"output_dir={out}"]))
+    monkeypatch.setattr(adapt.loop, "_stop_agreed", real)
+    from adapt.errors import AdaptError
+
+    with pytest.raises(AdaptError, match=r"different recipe \(train.lr: 0.005 -> 0.001\)"):
+        run(load_recipe(tiny_recipe, [*BASE, f"output_dir={out}", "train.lr=1e-3"]))
+    # Changing only how long it runs is a continuation, not another experiment.
+    report = run(load_recipe(tiny_recipe, [*BASE, f"output_dir={out}", "train.max_steps=10"]))
+    assert report["training"]["optimizer_steps"] == 10
