@@ -100,14 +100,15 @@ def _holds_no_rows(files: list[str], fmt: str) -> bool:
     return True
 
 
-def _read_builtin(spec: str, key: str) -> tuple[list[str], str]:
+def _builtin_parts(spec: str, key: str) -> tuple[str, str]:
+    """(corpus, split) of a `builtin:<corpus>/<split>` spec, or an error listing the available ones."""
     from adapt import builtin_data
 
     corpus, _, split = spec[len("builtin:"):].partition("/")
     if corpus not in builtin_data.CORPORA or split not in builtin_data.splits(corpus):
         corpora = ", ".join(f"builtin:{c}/{s}" for c in builtin_data.CORPORA for s in builtin_data.splits(c))
         raise AdaptError(f"`{key}`: unknown built-in data {spec!r}; available: {corpora}")
-    return [str(builtin_data.materialize(corpus, split, cache_dir()))], f"builtin:{corpus}"
+    return corpus, split
 
 
 def _read_hub(spec: str, key: str) -> tuple[Dataset, str]:
@@ -133,7 +134,9 @@ def read_spec(spec: str, key: str) -> tuple[Dataset, str]:
     if spec.startswith("hub:"):
         return _read_hub(spec, key)
     if spec.startswith("builtin:"):
-        files, _ = _read_builtin(spec, key)
+        from adapt import builtin_data
+
+        files = [str(builtin_data.materialize(*_builtin_parts(spec, key), cache_dir()))]
     elif spec.startswith("amazon:"):
         from adapt import carve
 
@@ -370,17 +373,10 @@ def load_extra_split(
 
 def spec_problems(recipe: Recipe) -> list[str]:
     """Every data path that cannot be found, checked without reading any data (for `adapt.validate`)."""
-    from adapt import builtin_data
-
     problems = []
     for _, key, _, _ in SPLIT_KEYS:
         spec = _spec_of(recipe, key)
         if not spec or spec.startswith("hub:"):
-            continue
-        if spec.startswith("builtin:"):
-            corpus, _, split = spec[len("builtin:"):].partition("/")
-            if corpus not in builtin_data.CORPORA or split not in builtin_data.splits(corpus):
-                problems.append(f"`{key}`: unknown built-in data {spec!r}")
             continue
         if spec.startswith("amazon:"):
             from adapt import carve
@@ -389,7 +385,7 @@ def spec_problems(recipe: Recipe) -> list[str]:
                 problems.append(problem)
             continue
         try:
-            _local_files(spec, key)
+            _builtin_parts(spec, key) if spec.startswith("builtin:") else _local_files(spec, key)
         except AdaptError as err:
             problems.append(str(err))
     return problems

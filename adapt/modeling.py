@@ -16,7 +16,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from transformers.utils import logging as hf_logging
 
 from adapt.errors import AdaptError
-from adapt.hub import hub_offline_requested, hub_reachable
+from adapt.hub import hub_reachable
 from adapt.recipe import ModelConfig
 
 EMBEDDED_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
@@ -49,7 +49,7 @@ def resolve_model(name_or_path: str) -> ResolvedModel:
             f"`model.name_or_path`: {name_or_path!r} is not a directory. Give a local model directory or a Hub id "
             "such as sentence-transformers/all-MiniLM-L6-v2"
         )
-    online = not hub_offline_requested() and hub_reachable()
+    online = hub_reachable()  # False when HF_HUB_OFFLINE (or the like) is set
     if name_or_path in EMBEDDED_NAMES and not online:
         return ResolvedModel(name_or_path, _embedded_path(), True)
     return ResolvedModel(name_or_path, name_or_path, not online)
