@@ -222,6 +222,8 @@ class PhaseRunner:
         prepared = acc.prepare(*self.loaders.values())
         self.loaders = dict(zip(self.loaders, prepared if len(self.loaders) > 1 else [prepared]))
         self.main = next(iter(self.loaders))
+        # The other streams are cycled alongside the main one (generators: nothing is read until the first step).
+        self.aux = {n: _cycle(dl) for n, dl in self.loaders.items() if n != self.main}
         self.batches_per_epoch = len(self.loaders[self.main])
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.grad_accum)
         self.total_steps = self.steps_per_epoch * phase.epochs
@@ -247,9 +249,7 @@ class PhaseRunner:
         self.token_sums.zero_()
 
     def _aux_batches(self) -> dict:
-        if not hasattr(self, "_aux"):
-            self._aux = {n: _cycle(dl) for n, dl in self.loaders.items() if n != self.main}
-        return {n: next(it) for n, it in self._aux.items()}
+        return {n: next(it) for n, it in self.aux.items()}
 
     def _micro_step(self, batch: dict, window: int, sync: bool) -> None:
         ctx, acc = self.ctx, self.ctx.accelerator
