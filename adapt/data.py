@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -233,18 +234,40 @@ def label_index(values: list, names: list[str], key: str, explicit: bool, row: C
     return out
 
 
+_CLITIC = re.compile(r"(n't|'s|'ve|'m|'re|'d|'ll)\b")
+_KEEP_TOKEN = re.compile(r"[a-z]+|\d+|!|''|n't|'[a-z]+")
+
+
+def amazon_unlabeled_style(text: str) -> str:
+    """Rewrite raw review text the way the Amazon `*.unlabeled.jsonl` files were preprocessed (lower-cased,
+    `do n't`, `''` for double quotes, `!` kept, other punctuation and tokens with symbols dropped), so that all
+    splits share one style. Close to, not byte-identical with, the original (unpublished) preprocessing."""
+    t = text.lower().replace('"', " '' ").replace("!", " ! ")
+    t = _CLITIC.sub(r" \1", t)
+    out = []
+    for token in t.split():
+        token = token.strip(".,;:?()[]{}<>*/-_&#~`")
+        if _KEEP_TOKEN.fullmatch(token):
+            out.append(token)
+    return " ".join(out)
+
+
+NORMALIZERS = {"none": None, "amazon_unlabeled": amazon_unlabeled_style}
+
+
 def _standardise(ds: Dataset, cfg: DataConfig, name: str, labels: list[int] | None, key: str) -> Dataset:
     has_ids = cfg.id_column in ds.column_names
     text_col, pair_col, id_col = cfg.text_column, cfg.text_pair_column, cfg.id_column
+    norm = NORMALIZERS[cfg.normalize] or (lambda text: text)
 
     def fn(batch: dict, indices: list[int]) -> dict:
         out = {
             "id": [str(v) for v in batch[id_col]] if has_ids else [f"{name}-{i}" for i in indices],
             "idx": indices,
-            "text": batch[text_col],
+            "text": [norm(t) for t in batch[text_col]],
         }
         if pair_col:
-            out["text_pair"] = batch[pair_col]
+            out["text_pair"] = [norm(t) for t in batch[pair_col]]
         if labels is not None:
             out["label"] = [labels[i] for i in indices]
         return out

@@ -199,7 +199,7 @@ def export(source: Path, out: Path, int8: bool = False) -> dict:
         "lora_merged": merged,
         "int8": int8,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "data": {"max_length": data.max_length, "truncation": data.truncation},
+        "data": {"max_length": data.max_length, "truncation": data.truncation, "normalize": data.normalize},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": {"adapt": adapt.__version__, "torch": torch.__version__},
     }

@@ -18,6 +18,7 @@ import torch
 from datasets import Dataset
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
+from adapt.data import NORMALIZERS
 from adapt.errors import AdaptError
 from adapt.features import Collator, eval_loader, tokenize
 from adapt.methods import classifier_inputs
@@ -33,7 +34,7 @@ class InferenceModel(NamedTuple):
     model: torch.nn.Module
     tokenizer: PreTrainedTokenizerBase
     label_names: list[str]
-    data_cfg: DataConfig  # only `max_length` and `truncation` matter for inference
+    data_cfg: DataConfig  # only `max_length`, `truncation` and `normalize` matter for inference
 
 
 def is_model_folder(path: Path) -> bool:
@@ -69,7 +70,7 @@ def read_export_info(model_dir: Path) -> dict | None:
 
 
 def data_settings(model_dir: Path, run: RunDir | None) -> DataConfig:
-    """`max_length` / `truncation` as the model was trained with; the schema defaults for a bare model folder."""
+    """`max_length` / `truncation` / `normalize` as the model was trained with; the schema defaults for a bare model folder."""
     if run is not None:
         return load_recipe(run.recipe).data
     info = read_export_info(model_dir)
@@ -102,14 +103,15 @@ def load_for_inference(path: Path) -> InferenceModel:
 
 
 def predict_texts(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
-                  max_length: int, truncation: str, batch_size: int) -> np.ndarray:
+                  max_length: int, truncation: str, batch_size: int, normalize: str = "none") -> np.ndarray:
     """Class probabilities, shape (len(texts), labels), in the order of `texts`.
 
     Tokenised exactly as in training and evaluation (`adapt.features`); batches are sorted by length so little
     compute goes into padding, and each row's index travels with it to put the results back in input order.
     """
-    cfg = DataConfig(max_length=max_length, truncation=truncation)
-    ds = Dataset.from_dict({"text": list(texts), "idx": list(range(len(texts)))})
+    cfg = DataConfig(max_length=max_length, truncation=truncation, normalize=normalize)
+    norm = NORMALIZERS[normalize]  # the text rewriting the model was trained with, if any
+    ds = Dataset.from_dict({"text": [norm(t) for t in texts] if norm else list(texts), "idx": list(range(len(texts)))})
     loader = eval_loader(tokenize(ds, tokenizer, cfg, "predict"), batch_size, Collator(tokenizer.pad_token_id))
     device = next(model.parameters()).device
     out: np.ndarray | None = None

@@ -52,6 +52,7 @@ class TrainState:
     sum_len_sq: int = 0  # sum over sequences of length^2 (attention FLOPs grow with it)
     train_seconds: float = 0.0  # time in training steps (not evaluation or checkpoint writes)
     epochs_run: int = 0
+    aux_batches: dict[str, int] = field(default_factory=dict)  # batches drawn from each auxiliary stream this phase
 
     def state_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -73,6 +74,8 @@ class LoopContext:
     select_tokenized: Dataset
     state: TrainState = field(default_factory=TrainState)
     stop_requested: bool = False
+    # L2-SP: (parameter, its value at the start) for the pretrained encoder weights that train.
+    l2sp_anchors: list[tuple[torch.nn.Parameter, torch.Tensor]] = field(default_factory=list)
 
 
 class _StopSignals:
@@ -206,27 +209,61 @@ class _Logs:
         return out
 
 
-def _cycle(loader):
-    while True:
-        yield from loader
+class _AuxStream:
+    """An auxiliary stream, cycled for as long as the main one lasts, each pass in a new order. Its position (the
+    batches drawn) lives in the train state, so a resumed run continues it instead of starting it over."""
+
+    def __init__(self, ctx: LoopContext, name: str, loader):
+        self.ctx, self.name, self.loader, self.it = ctx, name, loader, None
+
+    def _start(self) -> None:
+        drawn = self.ctx.state.aux_batches.get(self.name, 0)
+        epoch, skip = divmod(drawn, len(self.loader))
+        self.loader.set_epoch(epoch)
+        loader = self.loader
+        if skip:
+            loader = self.ctx.accelerator.skip_first_batches(self.loader, skip)
+            loader.set_epoch(epoch)
+        self.it = iter(loader)
+
+    def next(self) -> dict:
+        if self.it is None:
+            self._start()
+        batch = next(self.it, None)
+        if batch is None:  # end of a pass: the next one starts from the recorded position
+            self._start()
+            batch = next(self.it)
+        self.ctx.state.aux_batches[self.name] = self.ctx.state.aux_batches.get(self.name, 0) + 1
+        return batch
+
+
+def l2sp_penalty(anchors: list[tuple[torch.nn.Parameter, torch.Tensor]]) -> torch.Tensor:
+    """||theta - theta_0||^2 summed over the anchored parameters."""
+    return torch.stack([(p.float() - a).pow(2).sum() for p, a in anchors]).sum()
 
 
 class PhaseRunner:
     def __init__(self, ctx: LoopContext, phase: Phase):
         self.ctx, self.phase = ctx, phase
         cfg, acc = ctx.recipe.train, ctx.accelerator
+        streams = phase.streams(ctx) if callable(phase.streams) else phase.streams
         self.loaders = {
             name: train_loader(ds, cfg.batch_size, ctx.recipe.seed + i, cfg.group_by_length, ctx.collate, cfg.num_workers)
-            for i, (name, ds) in enumerate(phase.streams.items())
+            for i, (name, ds) in enumerate(streams.items())
         }
         prepared = acc.prepare(*self.loaders.values())
         self.loaders = dict(zip(self.loaders, prepared if len(self.loaders) > 1 else [prepared]))
         self.main = next(iter(self.loaders))
-        # The other streams are cycled alongside the main one (generators: nothing is read until the first step).
-        self.aux = {n: _cycle(dl) for n, dl in self.loaders.items() if n != self.main}
+        # The other streams are cycled alongside the main one (nothing is read until the first step).
+        self.aux = {n: _AuxStream(ctx, n, dl) for n, dl in self.loaders.items() if n != self.main}
         self.batches_per_epoch = len(self.loaders[self.main])
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.grad_accum)
-        self.total_steps = self.steps_per_epoch * phase.epochs
+        if phase.max_steps is not None:  # a step budget: as many passes as it takes
+            self.total_steps, self.epochs = phase.max_steps, math.ceil(phase.max_steps / self.steps_per_epoch)
+        else:
+            self.total_steps, self.epochs = self.steps_per_epoch * phase.epochs, phase.epochs
+        if phase.lr is not None:
+            cfg = dataclasses.replace(cfg, lr=phase.lr)
         self.optimizer = acc.prepare(build_optimizer(ctx.model, cfg))
         # Stepped by us once per optimizer step (not passed to prepare, which steps it once per process).
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
@@ -249,7 +286,7 @@ class PhaseRunner:
         self.token_sums.zero_()
 
     def _aux_batches(self) -> dict:
-        return {n: next(it) for n, it in self.aux.items()}
+        return {n: stream.next() for n, stream in self.aux.items()}
 
     def _micro_step(self, batch: dict, window: int, sync: bool) -> None:
         ctx, acc = self.ctx, self.ctx.accelerator
@@ -257,9 +294,13 @@ class PhaseRunner:
         # Skip DDP's gradient all-reduce on micro-batches that only accumulate.
         with contextlib.nullcontext() if sync else acc.no_sync(ctx.model):
             out = self.phase.loss(ctx.model, batches, StepInfo(ctx.state.step, self.total_steps))
+            loss, logs = out.loss, out.logs
+            if ctx.l2sp_anchors:
+                penalty = l2sp_penalty(ctx.l2sp_anchors)
+                loss, logs = loss + ctx.recipe.train.l2sp * penalty, {**logs, "l2sp_distance": penalty.detach()}
             # Divide by the micro-batches in this accumulation window so the summed gradient is a mean.
-            acc.backward(out.loss / window)
-        self.logs.add(out.loss, out.logs)
+            acc.backward(loss / window)
+        self.logs.add(loss, logs)
         self._count_tokens(batch)
         ctx.state.samples += batch["input_ids"].shape[0] * acc.num_processes
 
@@ -297,7 +338,8 @@ class PhaseRunner:
                 f"and `output_dir={ctx.run.root}` (train.resume=auto)"
             )
         max_steps = cfg.train.max_steps
-        return state.stopped_early or (max_steps is not None and state.global_step >= max_steps)
+        budget_spent = self.phase.max_steps is not None and state.step >= self.total_steps
+        return state.stopped_early or budget_spent or (max_steps is not None and state.global_step >= max_steps)
 
     def run_epoch(self, bar: tqdm) -> bool:
         """One pass over the main stream (or what is left of it after a resume); True when training must stop."""
@@ -332,7 +374,7 @@ class PhaseRunner:
         ctx, state = self.ctx, self.ctx.state
         bar = tqdm(total=self.total_steps, initial=state.step, desc=f"{self.phase.name}",
                    disable=not ctx.accelerator.is_local_main_process, dynamic_ncols=True)
-        while state.epoch < self.phase.epochs:
+        while state.epoch < self.epochs and state.step < self.total_steps:
             stop = self.run_epoch(bar)
             if not stop:  # a finished epoch: evaluate, then start the next one from its first batch
                 state.epoch, state.batches_in_epoch, state.epochs_run = state.epoch + 1, 0, state.epochs_run + 1
@@ -344,6 +386,8 @@ class PhaseRunner:
         self._fold_tokens()
         if self.phase.select:
             restore_best(ctx)
+        if self.phase.after is not None:
+            self.phase.after(ctx)
 
 
 class _CurrentScheduler:
@@ -379,7 +423,7 @@ def train(ctx: LoopContext, phases: list[Phase], resume_from: Path | None) -> Tr
             if index < state.phase:
                 continue
             if index > state.phase:
-                state.phase, state.epoch, state.batches_in_epoch, state.step = index, 0, 0, 0
+                state.phase, state.epoch, state.batches_in_epoch, state.step, state.aux_batches = index, 0, 0, 0, {}
                 state.best_value, state.best_step, state.evals_since_best, state.stopped_early = None, None, 0, False
             runner = PhaseRunner(ctx, phase)
             schedule.scheduler = runner.scheduler

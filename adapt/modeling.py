@@ -154,6 +154,21 @@ def _apply_lora(model: torch.nn.Module, cfg: ModelConfig) -> tuple[torch.nn.Modu
     return peft_model, {"lora": {"r": lora.r, "alpha": lora.alpha, "target_modules": list(lora.target_modules)}}
 
 
+def pretrained_parameter_names(model: torch.nn.Module, model_path: str) -> list[str]:
+    """Trainable encoder parameters that come from the checkpoint (for L2-SP): inside the base encoder and, when
+    the checkpoint's files can be read, present in them (a pooler missing from the checkpoint starts fresh)."""
+    from safetensors import safe_open
+
+    prefix = model.base_model_prefix + "."
+    files = sorted(Path(model_path).glob("*.safetensors")) if os.path.isdir(model_path) else []
+    keys: set[str] | None = None
+    for f in files:
+        with safe_open(str(f), "pt") as sf:
+            keys = (keys or set()) | set(sf.keys())
+    return [n for n, p in model.named_parameters()
+            if p.requires_grad and n.startswith(prefix) and (keys is None or n in keys or n[len(prefix):] in keys)]
+
+
 def head_parameter_modules(model: torch.nn.Module) -> list[str]:
     return sorted({n.split(".", 1)[0] for n in head_parameter_names(model)})
 

@@ -209,7 +209,7 @@ def predict(run_dir: Path, input_path: str, output_path: str, text_column: str =
         raise AdaptError(f"--max-length {max_length} is more than this model takes ({limit} tokens)")
     length = max_length or loaded.data_cfg.max_length
     probs = predict_texts(loaded.model, loaded.tokenizer, examples.texts, length, loaded.data_cfg.truncation,
-                          batch_size)
+                          batch_size, loaded.data_cfg.normalize)
     write_output(output_path, output_rows(examples, probs, loaded.label_names))
     return len(examples.texts)
 

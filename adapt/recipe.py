@@ -24,10 +24,11 @@ from adapt.errors import RecipeError
 NON_PATH_SCHEMES = ("builtin:", "hub:", "amazon:")
 
 
-def _f(default: Any, help: str, *, path: bool = False, keywords: tuple[str, ...] = (), factory: Any = None) -> Any:
-    """A schema field with its documentation (rendered into docs/recipe.md), whether it is a path, and which
-    of its values are keywords rather than paths."""
-    meta = {"help": help, "path": path, "keywords": keywords}
+def _f(default: Any, help: str, *, path: bool = False, keywords: tuple[str, ...] = (), factory: Any = None,
+       key: str | None = None) -> Any:
+    """A schema field with its documentation (rendered into docs/recipe.md), whether it is a path, which of its
+    values are keywords rather than paths, and its recipe key when that is not a Python name (`lambda`)."""
+    meta = {"help": help, "path": path, "keywords": keywords, "key": key}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -82,6 +83,12 @@ class DataConfig:
         "head", "What to keep of a long text: its start, its end, or both (a quarter head, the rest tail)."
     )
     dev_fraction: float = _f(0.1, "Share of source training data carved out (stratified, seeded) as a dev split.")
+    normalize: Literal["none", "amazon_unlabeled"] = _f(
+        "none",
+        "Rewrite every text before tokenising. `amazon_unlabeled`: lower-case, split `n't`, drop tokens with digits or "
+        "symbols and most punctuation — the style of the Amazon `*.unlabeled.jsonl` files, so that a discriminator or "
+        "a masked LM learns the domain and not the preprocessing.",
+    )
 
 
 @dataclass(frozen=True)
@@ -115,8 +122,52 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class MlmSection:
+    steps: int = _f(
+        300,
+        "Optimizer steps of the masked-LM phase (`dapt`, `tapt`, `udalm`). Budget it by time: an MLM step costs about "
+        "2x a supervised one (about 2.3 s at batch 16 x 128 tokens on a 2-core CPU). The loss curve is in `train_log.jsonl`.",
+    )
+    probability: float = _f(0.15, "Share of (non-special, non-padding) tokens selected for prediction; of those 80% "
+                                  "become [MASK], 10% a random token, 10% stay.")
+    include_source: bool = _f(False, "`dapt`/`udalm`: also train the masked LM on the source training texts.")
+    lr: float | None = _f(1e-4, "Peak learning rate of the MLM phase (null: `train.lr`). The MLM head starts fresh "
+                                "when the checkpoint has none, and a fresh head wants a higher rate.")
+    checkpoint: str | None = _f(
+        None, "Skip the MLM phase and start from the `mlm/` folder an earlier `dapt`/`tapt`/`udalm` run wrote "
+              "(encoder + MLM head), e.g. to reuse one adapted encoder per target domain across sources.", path=True,
+    )
+
+
+@dataclass(frozen=True)
+class UdalmSection:
+    lambda_: float = _f(1.0, "Weight of the target MLM loss in the mixed objective CE(source) + lambda * MLM(target).",
+                        key="lambda")
+
+
+@dataclass(frozen=True)
+class DannSection:
+    gamma: float = _f(10.0, "Steepness of the schedule lambda(p) = lambda_max * (2 / (1 + exp(-gamma p)) - 1).")
+    hidden: int = _f(256, "Hidden units of the domain discriminator (an MLP on the pooled representation).")
+    lambda_max: float = _f(1.0, "Scale of the reversed gradient at the end of training.")
+
+
+@dataclass(frozen=True)
+class SelfTrainingSection:
+    rounds: int = _f(3, "Pseudo-labelling rounds after the source-only start.")
+    threshold: float = _f(0.9, "Keep a target prediction only if its top probability is at least this.")
+    max_per_class: int | None = _f(None, "At most this many pseudo-labels per class per round (null: no cap).")
+    epochs: int = _f(1, "Epochs over source + pseudo-labelled target in each round.")
+
+
+@dataclass(frozen=True)
 class MethodConfig:
     name: str = _f("source_only", "Adaptation method, from the registry (`adapt.methods`).")
+    target_epochs: int = _f(3, "`sequential`: epochs on the labelled target data after the source epochs.")
+    mlm: MlmSection = _f(None, "Masked-LM phase of `dapt`, `tapt`, `udalm`.", factory=MlmSection)
+    udalm: UdalmSection = _f(None, "`udalm` settings.", factory=UdalmSection)
+    dann: DannSection = _f(None, "`dann` settings.", factory=DannSection)
+    self_training: SelfTrainingSection = _f(None, "`self_training` settings.", factory=SelfTrainingSection)
 
 
 @dataclass(frozen=True)
@@ -138,6 +189,10 @@ class TrainConfig:
         "(`accelerate launch --mixed_precision bf16` or its config) wins.",
     )
     group_by_length: bool = _f(True, "Batch examples of similar length together (less padding).")
+    l2sp: float = _f(
+        0.0, "L2-SP transfer regulariser (Li et al. 2018): adds l2sp * ||theta - theta_0||^2 over the pretrained encoder "
+             "weights that train (new heads excluded); 0 turns it off.",
+    )
     eval_every_steps: int | None = _f(None, "Evaluate the selection split every N steps (always at each epoch end).")
     early_stopping_patience: int | None = _f(
         None, "Stop after this many evaluations without improvement; null disables early stopping."
@@ -194,6 +249,17 @@ class Recipe:
 
 # ----------------------------------------------------------------------------------------------------------
 # Parsing: raw dict -> typed dataclasses, collecting every problem.
+
+
+def recipe_key(f: dataclasses.Field) -> str:
+    """The key a field has in a recipe (its attribute name unless the schema gives another)."""
+    return f.metadata.get("key") or f.name
+
+
+def schema_fields(cls: type) -> dict[str, tuple[dataclasses.Field, Any]]:
+    """A section's fields and their types, by recipe key."""
+    hints = typing.get_type_hints(cls)
+    return {recipe_key(f): (f, hints[f.name]) for f in dataclasses.fields(cls)}
 
 
 def _is_dataclass_type(tp: Any) -> bool:
@@ -293,20 +359,20 @@ def _suggest(name: str, options: list[str], what: str = "valid keys") -> str:
 
 
 def _build(cls: type, raw: dict, prefix: str, problems: list[str]) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
+    fields = schema_fields(cls)
     kwargs = {}
     for key, value in raw.items():
         full = f"{prefix}.{key}" if prefix else str(key)
         if key not in fields:
             problems.append(f"unknown key `{full}`{_suggest(str(key), list(fields))}")
             continue
+        f, hint = fields[key]
         before = len(problems)
-        value = _coerce(value, hints[key], full, problems)
+        value = _coerce(value, hint, full, problems)
         # A bad value keeps the default, so the cross-field checks can still run; a section built with a bad
         # key inside is kept (its bad keys already fell back to their defaults).
         if len(problems) == before or dataclasses.is_dataclass(value):
-            kwargs[key] = value
+            kwargs[f.name] = value
     return cls(**kwargs)
 
 
@@ -319,11 +385,11 @@ def schema_field(dotted: str) -> tuple[dataclasses.Field | None, Any, str | None
     cls: Any = Recipe
     parts = dotted.split(".")
     for i, part in enumerate(parts):
-        fields = {f.name: f for f in dataclasses.fields(cls)}
+        fields = schema_fields(cls)
         if part not in fields:
             where = ".".join(parts[:i]) or "the recipe"
             return None, None, f"unknown key `{dotted}`: `{where}` has no `{part}`{_suggest(part, list(fields))}"
-        f, hint = fields[part], typing.get_type_hints(cls)[part]
+        f, hint = fields[part]
         if i == len(parts) - 1:
             return f, hint, None
         inner, _ = _unwrap_optional(hint)
@@ -353,13 +419,12 @@ def _absolute(value: Any, base: Path, *, model: bool = False) -> Any:
 def _resolve_paths(raw: dict, cls: type, base: Path) -> dict:
     """Absolute paths for every `path=True` field in a raw (untyped) dict, relative to `base`."""
     out = dict(raw)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
+    fields = schema_fields(cls)
     for key, value in raw.items():
-        f = fields.get(key)
-        if f is None:
+        if key not in fields:
             continue
-        inner, _ = _unwrap_optional(hints[key])
+        f, hint = fields[key]
+        inner, _ = _unwrap_optional(hint)
         if _is_dataclass_type(inner) and isinstance(value, dict):
             out[key] = _resolve_paths(value, inner, base)
         elif f.metadata.get("path") and value not in f.metadata["keywords"]:
@@ -487,12 +552,53 @@ def _check(recipe: Recipe) -> list[str]:
         p.append("`hub.push` is true but `hub.repo_id` is not set; give `hub.repo_id=USER/NAME`")
     if recipe.hub.repo_id is not None and recipe.hub.repo_id.count("/") != 1:
         p.append(f"`hub.repo_id` must look like `user/name`, got {recipe.hub.repo_id!r}")
-    from adapt.methods import available_methods  # late import: methods import the schema
+    p += _check_method(recipe)
+    return p
 
-    if recipe.method.name not in available_methods():
-        p.append(
-            f"unknown method `method.name={recipe.method.name}`{_suggest(recipe.method.name, available_methods(), 'available')}"
-        )
+
+def _check_method(recipe: Recipe) -> list[str]:
+    from adapt.methods import available_methods, method_class  # late import: methods import the schema
+
+    p: list[str] = []
+    m, t = recipe.method, recipe.train
+    if m.name not in available_methods():
+        return [f"unknown method `method.name={m.name}`{_suggest(m.name, available_methods(), 'available')}"]
+    cls = method_class(m.name)
+    defaults = MethodConfig()
+    for f in dataclasses.fields(MethodConfig):
+        if f.name != "name" and f.name not in cls.uses and getattr(m, f.name) != getattr(defaults, f.name):
+            users = [n for n in available_methods() if f.name in method_class(n).uses]
+            p.append(f"`method.{recipe_key(f)}` is set but method `{m.name}` does not use it (it is for "
+                     f"{', '.join(users)}); remove it or change `method.name`")
+    for key in cls.requires:
+        role, split = key.split(".")[1:]
+        if not getattr(getattr(recipe.data, role), split):
+            p.append(f"method `{m.name}` needs `{key}`; set it (e.g. `{key}=path/to/file.jsonl`) or choose another method")
+    mlm, dann, st = m.mlm, m.dann, m.self_training
+    for key, value, ok, rule in (
+        ("method.target_epochs", m.target_epochs, m.target_epochs >= 1, ">= 1"),
+        ("method.mlm.steps", mlm.steps, mlm.steps >= 1, ">= 1"),
+        ("method.mlm.probability", mlm.probability, 0 < mlm.probability < 1, "in (0, 1)"),
+        ("method.mlm.lr", mlm.lr, mlm.lr is None or mlm.lr > 0, "> 0 or null"),
+        ("method.udalm.lambda", m.udalm.lambda_, m.udalm.lambda_ >= 0, ">= 0"),
+        ("method.dann.gamma", dann.gamma, dann.gamma > 0, "> 0"),
+        ("method.dann.hidden", dann.hidden, dann.hidden >= 1, ">= 1"),
+        ("method.dann.lambda_max", dann.lambda_max, dann.lambda_max >= 0, ">= 0"),
+        ("method.self_training.rounds", st.rounds, st.rounds >= 1, ">= 1"),
+        ("method.self_training.threshold", st.threshold, 0 < st.threshold <= 1, "in (0, 1]"),
+        ("method.self_training.max_per_class", st.max_per_class, st.max_per_class is None or st.max_per_class >= 1,
+         ">= 1 or null"),
+        ("method.self_training.epochs", st.epochs, st.epochs >= 1, ">= 1"),
+        ("train.l2sp", t.l2sp, t.l2sp >= 0, ">= 0"),
+    ):
+        if not ok:
+            p.append(f"`{key}` must be {rule}, got {value}")
+    if mlm.checkpoint and mlm != dataclasses.replace(MlmSection(), checkpoint=mlm.checkpoint):
+        p.append("`method.mlm.checkpoint` skips the MLM phase, so the other `method.mlm.*` keys have no effect; "
+                 "remove them (the checkpoint's own settings are recorded in its mlm.json)")
+    if t.l2sp > 0 and recipe.model.finetune in ("lora", "head"):
+        p.append(f"`train.l2sp` regularises the pretrained encoder weights that train, and with `model.finetune="
+                 f"{recipe.model.finetune}` none do; use `full` or `freeze`, or set `train.l2sp=0`")
     return p
 
 
@@ -552,7 +658,7 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = No
 def recipe_to_dict(recipe: Any) -> Any:
     """Plain mapping of a recipe (or section), in schema order: what `recipe.yaml` stores."""
     if dataclasses.is_dataclass(recipe):
-        return {f.name: recipe_to_dict(getattr(recipe, f.name)) for f in dataclasses.fields(recipe)}
+        return {recipe_key(f): recipe_to_dict(getattr(recipe, f.name)) for f in dataclasses.fields(recipe)}
     if isinstance(recipe, list):
         return [recipe_to_dict(v) for v in recipe]
     return recipe

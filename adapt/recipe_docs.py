@@ -12,7 +12,7 @@ import sys
 import typing
 from pathlib import Path
 
-from adapt.recipe import Recipe, _is_dataclass_type, _unwrap_optional, type_name
+from adapt.recipe import Recipe, _is_dataclass_type, _unwrap_optional, schema_fields, type_name
 
 HEADER = """# Recipe reference
 
@@ -41,11 +41,10 @@ def _default(f: dataclasses.Field) -> str:
 
 def _rows(cls: type, prefix: str) -> list[tuple[str, str, str, str]]:
     rows = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        key = f"{prefix}{f.name}"
-        inner, _ = _unwrap_optional(hints[f.name])
-        rows.append((key, type_name(hints[f.name]), _default(f), f.metadata.get("help", "")))
+    for name, (f, hint) in schema_fields(cls).items():
+        key = f"{prefix}{name}"
+        inner, _ = _unwrap_optional(hint)
+        rows.append((key, type_name(hint), _default(f), f.metadata.get("help", "")))
         if _is_dataclass_type(inner):
             rows += _rows(inner, f"{key}.")
     return rows

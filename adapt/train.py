@@ -17,27 +17,29 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, set_seed
 from datasets import Dataset
 
 from adapt.data import Split, load_splits
 from adapt.errors import AdaptError, cli_entry, quiet_libraries
 from adapt.features import Collator, tokenize
+from adapt.heads import AdaptModel, classifier_of
 from adapt.hub import hub_reachable, push_run
 from adapt.loop import LoopContext, train
-from adapt.methods import MethodContext, get_method
+from adapt.methods import Method, MethodContext, get_method, method_class
 from adapt.modeling import (
     ResolvedModel,
     apply_finetune,
     count_parameters,
     load_classifier,
     load_tokenizer,
+    pretrained_parameter_names,
     resolve_model,
     save_model,
 )
 from adapt.recipe import Recipe, load_recipe, recipe_to_dict, recipe_to_yaml
 from adapt.report import SCHEMA_VERSION, summarize, write_reports
-from adapt.rundir import RunDir, atomic_write_text, default_output_dir, plan_output_dir
+from adapt.rundir import RunDir, atomic_write_text, default_output_dir, plan_output_dir, read_jsonl
 from adapt.scoring import score_split
 
 # ----------------------------------------------------------------------------------------------------------
@@ -74,7 +76,10 @@ def setup_accelerator(recipe: Recipe) -> tuple[Accelerator, str]:
     precision, source = resolve_precision(recipe.train.mixed_precision)
     if precision == "fp16" and not torch.cuda.is_available():
         raise AdaptError("`train.mixed_precision=fp16` needs a CUDA GPU; use `bf16` or `no` on this machine")
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision)
+    handlers = []
+    if method_class(recipe.method.name).find_unused_parameters:
+        handlers.append(DistributedDataParallelKwargs(find_unused_parameters=True))
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision, kwargs_handlers=handlers)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and accelerator.num_processes != launched:
         raise AdaptError(
@@ -163,26 +168,41 @@ def open_run_dir(run: RunDir, recipe: Recipe, resume_from: Path | None, accelera
     """Create the run directory once data and model have loaded, so bad input leaves nothing behind."""
     if accelerator.is_main_process:
         run.root.mkdir(parents=True, exist_ok=True)
-        if resume_from is None:
-            run.train_log.unlink(missing_ok=True)  # a fresh start in a directory a killed run left behind
+        if resume_from is None:  # a fresh start in a directory a killed run left behind
+            run.train_log.unlink(missing_ok=True)
+            for leftover in ("pseudo_labels", "mlm"):
+                shutil.rmtree(run.root / leftover, ignore_errors=True)
         atomic_write_text(run.recipe, recipe_to_yaml(recipe))
     accelerator.wait_for_everyone()
 
 
 @dataclass
 class ModelBundle:
-    model: torch.nn.Module
+    model: torch.nn.Module  # the classifier, or an AdaptModel holding it and the method's heads
     tokenizer: object
     resolved: ResolvedModel
     finetune_info: dict
 
 
-def setup_model(recipe: Recipe, label_names: list[str]) -> ModelBundle:
+def setup_model(recipe: Recipe, label_names: list[str], method: Method) -> ModelBundle:
     resolved = resolve_model(recipe.model.name_or_path)
     tokenizer = load_tokenizer(resolved)
     model = load_classifier(resolved, label_names, recipe.model.attention)
     model, info = apply_finetune(model, recipe.model)
+    heads = method.heads(recipe, model, resolved.path)
+    if heads:
+        model = AdaptModel(model, heads)
+        method.prepare_model(model, recipe)
     return ModelBundle(model, tokenizer, resolved, info)
+
+
+def l2sp_anchors(recipe: Recipe, net: torch.nn.Module, model_path: str) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
+    """(parameter, starting value) for the pretrained encoder weights that train; the heads are not anchored."""
+    if recipe.train.l2sp <= 0:
+        return []
+    classifier = classifier_of(net)
+    names = set(pretrained_parameter_names(classifier, model_path))
+    return [(p, p.detach().float().clone()) for n, p in classifier.named_parameters() if n in names]
 
 
 def tokenize_splits(splits: dict[str, Split], tokenizer, recipe: Recipe, accelerator: Accelerator) -> dict[str, Dataset]:
@@ -270,6 +290,28 @@ def timing(state, eval_throughput: float, wall_seconds: float) -> dict:
     }
 
 
+def phase_summaries(run: RunDir) -> list[dict]:
+    """Per phase, from train_log.jsonl: steps, and the first and last logged value of every loss the method logs
+    (the curve itself stays in the log), plus the best selection score when the phase selected on one."""
+    if not run.train_log.exists():
+        return []
+    phases: dict[int, dict] = {}
+    for rec in read_jsonl(run.train_log):
+        p = phases.setdefault(rec.get("phase", 0), {"phase": rec.get("phase", 0), "first": {}, "last": {}})
+        if "phase_name" in rec:
+            p["name"], p["last_step"] = rec["phase_name"], rec["global_step"]
+            for k, v in rec.items():
+                if k not in ("phase", "phase_name", "global_step", "epoch") and isinstance(v, (int, float)):
+                    p["first"].setdefault(k, v)
+                    p["last"][k] = v
+        for k, v in rec.items():
+            if k.endswith(("_macro_f1", "_accuracy")) and isinstance(v, (int, float)):
+                p[f"best_{k}"] = max(v, p.get(f"best_{k}", v))
+        if "pseudo_labels" in rec:
+            p["pseudo_labels"] = rec["pseudo_labels"]
+    return [phases[k] for k in sorted(phases)]
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The whole run.
 
@@ -295,22 +337,25 @@ def _run(recipe: Recipe, accelerator: Accelerator, precision_source: str, cwd: P
     set_seed(recipe.seed)
     with accelerator.main_process_first():
         splits, label_names = load_splits(recipe)
-    bundle = setup_model(recipe, label_names)
+    method = get_method(recipe.method.name)
+    bundle = setup_model(recipe, label_names, method)
     open_run_dir(run, recipe, resume_from, accelerator)
     _print_setup(accelerator, run, resume_from, splits, label_names, bundle, recipe)
     tokenized = tokenize_splits(splits, bundle.tokenizer, recipe, accelerator)
     collate = Collator(bundle.tokenizer.pad_token_id)
     model = accelerator.prepare(bundle.model)
     select = "target_dev" if recipe.eval.select_on == "target_dev" else "source_dev"
-    ctx = LoopContext(accelerator, recipe, model, run, collate, label_names, splits[select], tokenized[select])
-    phases = get_method(recipe.method.name).phases(MethodContext(recipe, tokenized))
-    state = train(ctx, phases, resume_from)
-
     net = accelerator.unwrap_model(model)
+    ctx = LoopContext(accelerator, recipe, model, run, collate, label_names, splits[select], tokenized[select],
+                      l2sp_anchors=l2sp_anchors(recipe, net, bundle.resolved.path))
+    method_ctx = MethodContext(recipe, tokenized, bundle.tokenizer, net, run)
+    state = train(ctx, method.phases(method_ctx), resume_from)
+
     results, eval_throughput = evaluate_all(accelerator, model, splits, tokenized, label_names, recipe, run, collate)
+    classifier = classifier_of(net)  # the heads a method trained alongside are not part of the result
     if accelerator.is_main_process:
-        _save_model_atomically(net, bundle.tokenizer, run)
-    total, trainable = count_parameters(net)
+        _save_model_atomically(classifier, bundle.tokenizer, run)
+    total, trainable = count_parameters(classifier)
     report = {
         "schema_version": SCHEMA_VERSION,
         "name": recipe.name,
@@ -321,6 +366,9 @@ def _run(recipe: Recipe, accelerator: Accelerator, precision_source: str, cwd: P
                   "finetune": recipe.model.finetune, "params_total": total, "params_trainable": trainable,
                   **bundle.finetune_info},
         "splits": results,
+        "method_summary": {**method.summary(method_ctx), "phases": phase_summaries(run),
+                           **({"l2sp": {"weight": recipe.train.l2sp, "anchored_tensors": len(ctx.l2sp_anchors)}}
+                              if ctx.l2sp_anchors else {})},
         "training": {
             "optimizer_steps": state.global_step, "epochs_run": state.epochs_run, "stopped_early": state.stopped_early,
             "effective_batch_size": recipe.train.batch_size * recipe.train.grad_accum * accelerator.num_processes,

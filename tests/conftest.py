@@ -89,6 +89,7 @@ def tiny_data(tmp_path_factory) -> dict[str, Path]:
         "source_test": write_domain(d / "books_test.jsonl", "books", 21, 2),
         "target_test": write_domain(d / "kitchen_test.jsonl", "kitchen", 23, 3),
         "target_unlabeled": write_domain(d / "kitchen_unlabeled.jsonl", "kitchen", 40, 4, labeled=False),
+        "target_train": write_domain(d / "kitchen_train.jsonl", "kitchen", 32, 5),  # not in the default recipe
     }
 
 

@@ -309,3 +309,17 @@ def test_collator_pads_to_a_multiple_of_eight():
     # Already a multiple of 8: no extra padding; no labels on unlabelled rows.
     batch = Collator(pad_token_id=3)([{"input_ids": list(range(8)), "attention_mask": [1] * 8, "idx": 0}])
     assert batch["input_ids"].shape == (1, 8) and "labels" not in batch
+
+
+def test_amazon_unlabeled_normalisation_matches_that_style(tiny_recipe, tmp_path):
+    from adapt.data import amazon_unlabeled_style
+
+    raw = 'I don\'t like it! The APC Back-UPS ES 500s is "great", really. It\'s 5 stars.'
+    assert amazon_unlabeled_style(raw) == "i do n't like it ! the apc es is '' great '' really it 's 5 stars"
+    assert amazon_unlabeled_style(amazon_unlabeled_style(raw)) == amazon_unlabeled_style(raw)  # idempotent
+
+    from adapt.data import load_splits
+
+    splits, _ = load_splits(load_recipe(tiny_recipe, ["data.normalize=amazon_unlabeled"]))
+    texts = splits["source_test"].dataset["text"]
+    assert all(t == amazon_unlabeled_style(t) and "." not in t for t in texts)

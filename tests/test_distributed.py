@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from adapt import load_recipe
 from adapt.evaluate_run import main as evaluate_main
 from adapt.train import run
@@ -61,6 +63,23 @@ def test_two_process_training_run(tiny_recipe, tmp_path):
     assert report["splits"]["target_test"]["n"] == 23
     assert len((out / "predictions" / "target_test.jsonl").read_text().splitlines()) == 23
     assert done.stdout.count("transfer gap") == 1  # the summary is printed once, by the main process
+
+
+@pytest.mark.parametrize("overrides", [
+    ["method.name=dapt", "method.mlm.steps=4", "model.finetune=lora"],  # the classifier head idles in the MLM phase
+    ["method.name=dann"],  # a discriminator head and two streams per step
+    ["method.name=self_training", "method.self_training.rounds=1", "method.self_training.threshold=0.5"],
+], ids=["dapt-lora", "dann", "self_training"])
+def test_two_process_adaptation_methods(overrides, tiny_recipe, tmp_path):
+    out = tmp_path / "ddp"
+    done = accelerate_launch(["-m", "adapt.train", str(tiny_recipe), f"output_dir={out}", "train.epochs=2", *overrides])
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["environment"]["num_processes"] == 2 and report["method"] == overrides[0].split("=")[1]
+    assert len((out / "predictions" / "target_test.jsonl").read_text().splitlines()) == 23
+    if "self_training" in overrides[0]:
+        saved = json.loads((out / "pseudo_labels" / "round1.json").read_text())
+        assert saved["candidates"] == 40  # every unlabelled row predicted once over both processes
 
 
 def test_launched_processes_that_do_not_form_one_run_are_refused(monkeypatch):

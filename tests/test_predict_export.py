@@ -205,7 +205,7 @@ def test_fp32_export_is_a_plain_transformers_model(full_run, test_rows, tmp_path
     assert info["source"] == str(full_run.resolve())
     assert info["parameters"] == sum(p.numel() for p in model.parameters())
     assert info["weights_bytes"] == (out / "model.safetensors").stat().st_size
-    assert info["data"] == {"max_length": 32, "truncation": "head"}
+    assert info["data"] == {"max_length": 32, "truncation": "head", "normalize": "none"}
     assert not list(tmp_path.glob(".export.tmp-*"))
 
     path = write_jsonl(tmp_path / "in.jsonl", test_rows)
@@ -303,7 +303,7 @@ def test_int8_export_of_a_model_folder_is_about_a_quarter_of_fp32(tmp_path):
     assert export_main([str(folder), "--out", str(tmp_path / "fp32")]) == 0
     assert export_main([str(folder), "--out", str(tmp_path / "int8"), "--int8"]) == 0
     fp32, int8 = export_info(tmp_path / "fp32"), export_info(tmp_path / "int8")
-    assert fp32["source"] == str(folder.resolve()) and fp32["data"] == {"max_length": 256, "truncation": "head"}
+    assert fp32["source"] == str(folder.resolve()) and fp32["data"] == {"max_length": 256, "truncation": "head", "normalize": "none"}
     assert int8["parameters"] == fp32["parameters"]
     assert int8["weights_bytes"] < 0.35 * fp32["weights_bytes"]
 

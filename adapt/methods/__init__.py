@@ -44,23 +44,60 @@ LossFn = Callable[[torch.nn.Module, dict[str, dict[str, torch.Tensor]], StepInfo
 
 @dataclass
 class Phase:
-    """One stretch of training. The first stream sets the epoch length; other streams are cycled alongside."""
+    """One stretch of training. The first stream sets the epoch length; other streams are cycled alongside.
+
+    `streams` may be a function of the loop context, called when the phase starts: a phase that needs the
+    model trained by the phases before it (self-training's pseudo-labels) builds its data then."""
 
     name: str
-    streams: dict[str, Dataset]
+    streams: dict[str, Dataset] | Callable[[Any], dict[str, Dataset]]
     loss: LossFn
-    epochs: int
+    epochs: int = 1
     select: bool = True  # evaluate the selection split and keep the best weights
+    max_steps: int | None = None  # a budget in optimizer steps instead of whole epochs (MLM phases)
+    lr: float | None = None  # peak learning rate of this phase (default: train.lr)
+    after: Callable[[Any], None] | None = None  # called with the loop context on every process when the phase ends
 
 
 @dataclass
 class MethodContext:
     recipe: Recipe
     splits: dict[str, Dataset]  # tokenised splits by name: source_train, target_train, target_unlabeled, ...
+    tokenizer: Any = None
+    model: Any = None  # the unwrapped model (classifier or `adapt.heads.AdaptModel`)
+    run: Any = None  # the RunDir, for methods that keep files (pseudo-labels, the MLM-adapted encoder)
 
 
 class Method(Protocol):
+    # Recipe keys under `method.` the method reads, and data keys it needs (checked when the recipe is parsed).
+    uses: tuple[str, ...]
+    requires: tuple[str, ...]
+
     def phases(self, ctx: MethodContext) -> list[Phase]: ...
+
+    def heads(self, recipe: Recipe, classifier: torch.nn.Module, model_path: str) -> dict[str, torch.nn.Module]:
+        """Training-only modules put beside the classifier (see `adapt.heads.AdaptModel`); {} for none."""
+        ...
+
+
+class BaseMethod:
+    """Defaults for the optional parts of the protocol."""
+
+    uses: tuple[str, ...] = ()
+    requires: tuple[str, ...] = ()
+    # DDP must be told when some trainable parameters get no gradient on a step (e.g. the classifier head during
+    # an MLM phase): with find_unused_parameters=False it would wait for them forever.
+    find_unused_parameters: bool = False
+
+    def heads(self, recipe: Recipe, classifier: torch.nn.Module, model_path: str) -> dict[str, torch.nn.Module]:
+        return {}
+
+    def prepare_model(self, model: torch.nn.Module, recipe: Recipe) -> None:
+        """Called once the heads are attached, before training (e.g. to load a saved MLM phase)."""
+
+    def summary(self, ctx: MethodContext) -> dict:
+        """Method-specific facts for the report (beyond the losses, which the loop logs)."""
+        return {}
 
 
 _REGISTRY: dict[str, Callable[[], Method]] = {}
@@ -83,10 +120,14 @@ def available_methods() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_method(name: str) -> Method:
+def method_class(name: str) -> Any:
     if name not in _REGISTRY:
         raise KeyError(f"unknown method {name!r}; available: {', '.join(available_methods())}")
-    return _REGISTRY[name]()
+    return _REGISTRY[name]
+
+
+def get_method(name: str) -> Method:
+    return method_class(name)()
 
 
 def classifier_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -95,4 +136,4 @@ def classifier_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
 
 # Registration happens on import.
-from adapt.methods import source_only  # noqa: E402,F401
+from adapt.methods import dann, mlm, self_training, source_only  # noqa: E402,F401
