@@ -15,7 +15,14 @@ import torch
 import adapt.loop
 from adapt import load_recipe
 from adapt.errors import AdaptError, RecipeError, RunInterrupted
-from adapt.heads import AdaptModel, DomainDiscriminator, MlmHead, load_pretrained_mlm_head, mask_tokens, reverse_gradient
+from adapt.heads import (
+    AdaptModel,
+    DomainDiscriminator,
+    MlmHead,
+    load_pretrained_mlm_head,
+    mask_tokens,
+    reverse_gradient,
+)
 from adapt.methods import available_methods
 from adapt.methods.dann import dann_lambda
 from adapt.methods.self_training import select_pseudo_labels
