@@ -1,0 +1,294 @@
+#!/usr/bin/env python3
+"""The Amazon cross-domain benchmark: adaptation methods over the 12 source->target pairs of the fixed carve
+(books, dvd, electronics, kitchen; `adapt.carve`), resumable, one small result JSON per (method, pair, seed).
+
+    python benchmarks/amazon_pairs.py --data-dir ../shared/data/amazon_multidomain \
+        [--methods source_only,dann,...] [--pairs B:K,D:E | all] [--seeds 1,2] [--out benchmarks/results/amazon_pairs] \
+        [--work /tmp/adapt-amazon-pairs] [--test-dir DIR] [--unlabeled train|unlabeled] [--variant NAME] [--resume] \
+        [--table-only] [-- key=value ...]
+
+Each run is `adapt.train` on recipes/amazon.yaml (MiniLM-L6, max length 256, batch 16, 3 epochs, lr 5e-5, model
+selection on the carved source dev split) through `adapt.sweep.run_training`. Work is shared where the method
+allows it:
+- `source_only` trains once per (source, seed) and is scored on the other targets with `adapt.evaluate_run --test`;
+- the MLM phase of `dapt` / `udalm` (on target text only) runs once per (target, seed) and later pairs with that
+  target start from its `mlm/` folder (`method.mlm.checkpoint`).
+Unlabelled target text (`--unlabeled`): `train` = the target's carved training texts with labels dropped (never the
+test texts); `unlabeled` = the Amazon `*.unlabeled.jsonl` files, with every split rewritten in their style
+(`data.normalize=amazon_unlabeled`). `--test-dir` scores on `<domain>.test.jsonl` files from another folder
+(the same runs, another test set). `--variant NAME` files results under `<method>+NAME` (e.g. other overrides).
+
+Results: `<out>/<method>[+variant]/<S>-<T>.seed<k>.json`. The per-pair table (rows: methods; columns: the 12
+pairs and the average; mean +- std over the seeds that exist) is printed and written to `<out>/table.md`,
+`<out>/table.json` and `<out>/heatmap.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from adapt.errors import AdaptError  # noqa: E402
+from adapt.rundir import atomic_write_json, atomic_write_text  # noqa: E402
+from adapt.sweep import result_record, run_training  # noqa: E402
+
+DOMAINS = {"B": "books", "D": "dvd", "E": "electronics", "K": "kitchen"}
+ALL_PAIRS = [f"{s}:{t}" for s in DOMAINS for t in DOMAINS if s != t]
+SCREEN_PAIRS = ["B:K", "D:E", "E:B", "K:D"]
+METHODS = ["source_only", "dapt", "tapt", "udalm", "dann", "self_training"]
+MLM_SHARED = ("dapt", "udalm")  # MLM on target text only: one phase per (target, seed)
+RECIPE = ROOT / "recipes" / "amazon.yaml"
+
+
+def pair_overrides(src: str, tgt: str, args) -> list[str]:
+    s, t = DOMAINS[src], DOMAINS[tgt]
+    test = (lambda d: str(args.test_dir / f"{d}.test.jsonl")) if args.test_dir else (lambda d: f"amazon:{d}/test")
+    out = [f"data.source.domain={s}", f"data.target.domain={t}", f"data.source.train=amazon:{s}/train",
+           f"data.source.dev=amazon:{s}/dev", f"data.source.test={test(s)}", f"data.target.test={test(t)}"]
+    if args.unlabeled == "unlabeled":
+        out += [f"data.target.unlabeled=amazon:{t}/unlabeled", "data.normalize=amazon_unlabeled"]
+    else:
+        out += [f"data.target.unlabeled=amazon:{t}/train"]
+    return out
+
+
+def result_path(args, method: str, pair: str, seed: int) -> Path:
+    name = method + (f"+{args.variant}" if args.variant else "")
+    return args.out / name / f"{pair.replace(':', '-')}.seed{seed}.json"
+
+
+def pair_record(report: dict, method: str, pair: str, seed: int, split: str, args, extra: dict | None = None) -> dict:
+    src, tgt = pair.split(":")
+    rec = result_record(report, [])
+    rec.pop("overrides")
+    target = report["splits"][split]
+    return {"method": method, "variant": args.variant, "pair": pair, "source": DOMAINS[src], "target": DOMAINS[tgt],
+            "seed": seed, "target_accuracy": target["accuracy"], "target_macro_f1": target["macro_f1"],
+            "source_accuracy": report["splits"]["source_test"]["accuracy"], "unlabeled": args.unlabeled,
+            "test_dir": str(args.test_dir) if args.test_dir else None, "extra_overrides": args.overrides,
+            **rec, **(extra or {})}
+
+
+def run_dir(args, method: str, pair: str, seed: int) -> Path:
+    name = method + (f"+{args.variant}" if args.variant else "")
+    return args.work / name / f"{pair.replace(':', '-')}.seed{seed}"
+
+
+def env(args) -> dict:
+    return {"ADAPT_AMAZON_DIR": str(args.data_dir.resolve()), "HF_HUB_OFFLINE": "1"}
+
+
+def run_source_only(args, source: str, pairs: list[str], seed: int) -> None:
+    """One model per (source, seed); the other targets are scored on it with adapt.evaluate_run."""
+    todo = [p for p in pairs if not result_path(args, "source_only", p, seed).exists()]
+    if not todo:
+        return
+    first = todo[0]
+    rd = run_dir(args, "source_only", f"{source}:all", seed)
+    overrides = [*pair_overrides(source, first.split(":")[1], args), "method.name=source_only", f"seed={seed}",
+                 *args.overrides]
+    report = run_training(RECIPE, overrides, rd, env=env(args))
+    for pair in todo:
+        tgt = DOMAINS[pair.split(":")[1]]
+        split = "target_test"
+        if pair != first:
+            split = f"test_{tgt}"
+            if split not in report["splits"]:
+                spec = str(args.test_dir / f"{tgt}.test.jsonl") if args.test_dir else f"amazon:{tgt}/test"
+                cmd = [sys.executable, "-m", "adapt.evaluate_run", str(rd), "--test", f"{split}={spec}",
+                       "--role", "target", "--domain", tgt]
+                done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env(args)})
+                if done.returncode != 0:
+                    raise AdaptError(f"evaluate_run failed for {pair}: {done.stderr[-2000:]}")
+                report = json.loads((rd / "report.json").read_text())
+        rec = pair_record(report, "source_only", pair, seed, split, args, {"shared_run": str(rd)})
+        atomic_write_json(result_path(args, "source_only", pair, seed), rec)
+        print(f"  source_only {pair} seed {seed}: target {100 * rec['target_accuracy']:.1f}", flush=True)
+
+
+def mlm_checkpoint(args, target: str, seed: int, overrides: list[str]) -> Path | None:
+    """An MLM phase on this target's text with the same seed and MLM settings, saved by an earlier dapt/udalm run
+    of this sweep (`<run>/mlm`), to start from instead of repeating it."""
+    from adapt.recipe import load_recipe, recipe_to_dict
+
+    want = recipe_to_dict(load_recipe(RECIPE, overrides).method.mlm)
+    for method in MLM_SHARED:
+        folder = args.work / (method + (f"+{args.variant}" if args.variant else ""))
+        for rd in sorted(folder.glob(f"?-{target}.seed{seed}")):
+            info_file = rd / "mlm" / "mlm.json"
+            if info_file.exists() and json.loads(info_file.read_text())["mlm"] == want:
+                return rd / "mlm"
+    return None
+
+
+def run_method(args, method: str, pair: str, seed: int) -> None:
+    src, tgt = pair.split(":")
+    overrides = [*pair_overrides(src, tgt, args), f"method.name={method}", f"seed={seed}", *args.overrides]
+    extra = {}
+    shareable = not any(o.startswith(("method.mlm.include_source=true", "method.mlm.checkpoint")) for o in args.overrides)
+    if method in MLM_SHARED and shareable:
+        ckpt = mlm_checkpoint(args, tgt, seed, overrides)
+        if ckpt is not None:
+            overrides.append(f"method.mlm.checkpoint={ckpt}")
+            extra["mlm_from"] = str(ckpt)
+    report = run_training(RECIPE, overrides, run_dir(args, method, pair, seed), env=env(args))
+    rec = pair_record(report, method, pair, seed, "target_test", args, extra)
+    rec["method_summary"] = report.get("method_summary", {})
+    atomic_write_json(result_path(args, method, pair, seed), rec)
+    print(f"  {method} {pair} seed {seed}: target {100 * rec['target_accuracy']:.1f} "
+          f"({rec['train_seconds']:.0f} s training)", flush=True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The table.
+
+
+def collect(out: Path) -> dict[str, dict[str, list[float]]]:
+    """{method(+variant): {pair: [target accuracy per seed]}} from every result file under `out`."""
+    table: dict[str, dict[str, list[float]]] = {}
+    for path in sorted(out.glob("*/*.seed*.json")):
+        rec = json.loads(path.read_text())
+        name = rec["method"] + (f"+{rec['variant']}" if rec.get("variant") else "")
+        table.setdefault(name, {}).setdefault(rec["pair"], []).append(rec["target_accuracy"])
+    return table
+
+
+def summarise(table: dict[str, dict[str, list[float]]]) -> dict:
+    rows = {}
+    for method, pairs in table.items():
+        cells = {p: {"mean": float(np.mean(v)), "std": float(np.std(v)), "seeds": len(v)} for p, v in pairs.items()}
+        complete = all(p in cells for p in ALL_PAIRS)
+        rows[method] = {"pairs": cells, "average": float(np.mean([cells[p]["mean"] for p in ALL_PAIRS])) if complete else None,
+                        "average_over_run_pairs": float(np.mean([c["mean"] for c in cells.values()]))}
+    base = rows.get("source_only")
+    for method, row in rows.items():
+        if base is None or method == "source_only":
+            continue
+        shared = [p for p in row["pairs"] if p in base["pairs"]]
+        row["vs_source_only"] = {
+            "pairs": len(shared),
+            "better": sum(row["pairs"][p]["mean"] > base["pairs"][p]["mean"] for p in shared),
+            "mean_gain_points": 100 * float(np.mean([row["pairs"][p]["mean"] - base["pairs"][p]["mean"] for p in shared]))
+            if shared else None,
+        }
+    return rows
+
+
+def markdown(rows: dict) -> str:
+    head = ["method", *[p.replace(":", "→") for p in ALL_PAIRS], "avg (12)", "avg (run pairs)", "vs source_only"]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for method, row in rows.items():
+        cells = []
+        for p in ALL_PAIRS:
+            c = row["pairs"].get(p)
+            cells.append("" if c is None else f"{100 * c['mean']:.1f}" + (f" ± {100 * c['std']:.1f}" if c["seeds"] > 1 else ""))
+        vs = row.get("vs_source_only")
+        vs_text = (f"{vs['mean_gain_points']:+.2f} pts, better on {vs['better']}/{vs['pairs']}" if vs and vs["pairs"] else "")
+        avg = f"{100 * row['average']:.1f}" if row["average"] is not None else "–"
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {avg} | {100 * row['average_over_run_pairs']:.1f} | {vs_text} |")
+    seeds = {c["seeds"] for row in rows.values() for c in row["pairs"].values()}
+    lines.append(f"\nTarget test accuracy (%), mean ± std over seeds ({'/'.join(map(str, sorted(seeds)))} seeds per cell).")
+    return "\n".join(lines) + "\n"
+
+
+def heatmap(rows: dict, path: Path) -> None:
+    """Source x target target-accuracy grids, one per method (blank where not run)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(DOMAINS)
+    fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows), 3.2), squeeze=False)
+    for ax, (method, row) in zip(axes[0], rows.items()):
+        grid = np.full((4, 4), np.nan)
+        for p, c in row["pairs"].items():
+            s, t = p.split(":")
+            grid[names.index(s), names.index(t)] = 100 * c["mean"]
+        ax.imshow(grid, vmin=60, vmax=95, cmap="viridis")
+        for i in range(4):
+            for j in range(4):
+                if not np.isnan(grid[i, j]):
+                    ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", color="white", fontsize=8)
+        ax.set_xticks(range(4), names)
+        ax.set_yticks(range(4), names)
+        ax.set_xlabel("target")
+        ax.set_ylabel("source")
+        ax.set_title(method, fontsize=9)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def write_table(out: Path) -> str:
+    rows = summarise(collect(out))
+    if not rows:
+        return "no results yet\n"
+    text = markdown(rows)
+    atomic_write_text(out / "table.md", text)
+    atomic_write_json(out / "table.json", rows)
+    heatmap(rows, out / "heatmap.png")
+    return text
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", type=Path, required=False, help="the Amazon folder (*.train.jsonl, *.unlabeled.jsonl)")
+    p.add_argument("--test-dir", type=Path, help="score on <domain>.test.jsonl files from this folder instead")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--pairs", default=",".join(SCREEN_PAIRS), help="e.g. B:K,E:B, or `all` for the 12 pairs")
+    p.add_argument("--seeds", default="1")
+    p.add_argument("--unlabeled", choices=["train", "unlabeled"], default="train")
+    p.add_argument("--variant", default=None, help="file results under <method>+VARIANT")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "amazon_pairs")
+    p.add_argument("--work", type=Path, default=Path("/tmp/adapt-amazon-pairs"), help="run directories (models)")
+    p.add_argument("--resume", action="store_true", help="skip (method, pair, seed) results that exist")
+    p.add_argument("--table-only", action="store_true", help="only rebuild the table from the results")
+    p.add_argument("overrides", nargs="*", help="recipe overrides for every run (after --)")
+    args = p.parse_args()
+    if args.table_only:
+        print(write_table(args.out))
+        return 0
+    if args.data_dir is None:
+        p.error("--data-dir is required (unless --table-only)")
+    pairs = ALL_PAIRS if args.pairs == "all" else args.pairs.split(",")
+    bad = [x for x in pairs if x not in ALL_PAIRS]
+    if bad:
+        p.error(f"unknown pair(s) {bad}; pairs look like B:K (B books, D dvd, E electronics, K kitchen)")
+    methods, seeds = args.methods.split(","), [int(s) for s in args.seeds.split(",")]
+    existing = [m for m in methods for pr in pairs for s in seeds if result_path(args, m, pr, s).exists()]
+    if existing and not args.resume:
+        p.error(f"{len(existing)} of these results already exist in {args.out}; pass --resume to continue")
+    start = time.perf_counter()
+    for seed in seeds:
+        for method in methods:
+            if method == "source_only":
+                for source in dict.fromkeys(pr.split(":")[0] for pr in pairs):
+                    run_source_only(args, source, [pr for pr in pairs if pr.startswith(source + ":")], seed)
+                continue
+            for pair in pairs:
+                if not result_path(args, method, pair, seed).exists():
+                    print(f"{method} {pair} seed {seed} ...", flush=True)
+                    run_method(args, method, pair, seed)
+            print(write_table(args.out), flush=True)
+    print(write_table(args.out))
+    print(f"wall time {time.perf_counter() - start:.0f} s; machine: {os.cpu_count()} cores")
+    shutil.rmtree(args.work / "tmp", ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

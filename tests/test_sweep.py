@@ -1,0 +1,75 @@
+"""`python -m adapt.sweep`: a grid of runs, resumable, one result file per combination; and the Amazon benchmark's
+per-pair table built from such result files."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from adapt.errors import AdaptError
+from adapt.sweep import combinations, main, parse_grid, slug
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_grid_parsing_and_names():
+    grid = parse_grid(["method.name=source_only,dann", "seed=1,2"])
+    combos = combinations(grid)
+    assert len(combos) == 4 and combos[0] == ["method.name=source_only", "seed=1"]
+    assert slug(combos[-1]) == "method.name-dann_seed-2"
+    with pytest.raises(AdaptError, match="given twice"):
+        parse_grid(["seed=1", "seed=2"])
+    with pytest.raises(AdaptError, match="key=v1,v2"):
+        parse_grid(["seed"])
+
+
+def test_sweep_runs_resumes_and_validates_first(tiny_recipe, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert main([str(tiny_recipe), "train.epochs=1", "--grid", "seed=0,1", "--out", str(out), "--drop-models"]) == 0
+    results = sorted((out / "results").glob("*.json"))
+    assert [p.stem for p in results] == ["seed-0", "seed-1"]
+    rec = json.loads(results[0].read_text())
+    assert rec["overrides"] == ["seed=0"] and rec["method"] == "source_only"
+    assert set(rec["splits"]) == {"source_dev", "source_test", "target_test"}
+    assert not (out / "runs" / "seed-0" / "model").exists()  # --drop-models
+    assert "| seed |" in (out / "sweep.md").read_text()
+
+    # Existing results: refused without --resume; with it, only the new value trains.
+    assert main([str(tiny_recipe), "train.epochs=1", "--grid", "seed=0,1,2", "--out", str(out)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    before = results[0].stat().st_mtime_ns
+    assert main([str(tiny_recipe), "train.epochs=1", "--grid", "seed=0,1,2", "--out", str(out), "--resume"]) == 0
+    assert len(list((out / "results").glob("*.json"))) == 3 and results[0].stat().st_mtime_ns == before
+
+    # Every combination is checked before anything trains.
+    assert main([str(tiny_recipe), "--grid", "method.name=source_only,no_such", "--out", str(tmp_path / "bad")]) == 2
+    assert "unknown method" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location("amazon_pairs", ROOT / "benchmarks" / "amazon_pairs.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_benchmark_table_from_result_files(tmp_path):
+    bench = _load_benchmark()
+    accs = {"source_only": {"B:K": [0.80, 0.82], "D:E": [0.75]}, "dann": {"B:K": [0.85, 0.83], "D:E": [0.74]}}
+    for method, pairs in accs.items():
+        for pair, values in pairs.items():
+            for seed, acc in enumerate(values, 1):
+                path = tmp_path / method / f"{pair.replace(':', '-')}.seed{seed}.json"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps({"method": method, "variant": None, "pair": pair, "target_accuracy": acc}))
+    rows = bench.summarise(bench.collect(tmp_path))
+    assert rows["dann"]["pairs"]["B:K"]["mean"] == pytest.approx(0.84) and rows["dann"]["pairs"]["B:K"]["seeds"] == 2
+    assert rows["dann"]["average"] is None  # not all 12 pairs run
+    vs = rows["dann"]["vs_source_only"]
+    assert vs["pairs"] == 2 and vs["better"] == 1
+    assert vs["mean_gain_points"] == pytest.approx(100 * ((0.84 - 0.81) + (0.74 - 0.75)) / 2)
+    text = bench.write_table(tmp_path)
+    assert "84.0 ± 1.0" in text and (tmp_path / "heatmap.png").stat().st_size > 1000
