@@ -79,6 +79,36 @@ def _training(report: dict, log: list[dict]) -> list[str]:
     return lines
 
 
+def _fmt(v: float) -> str:
+    return f"{v:.4g}"
+
+
+def _method(report: dict) -> list[str]:
+    """The method's own record: per phase, every logged quantity from its first to its last logged value."""
+    ms = report.get("method_summary") or {}
+    phases = ms.get("phases", [])
+    if not phases:
+        return []
+    lines = ["## Method", "", f"`{report['method']}`, {len(phases)} phase(s); full curves in `train_log.jsonl`.", "",
+             "| phase | last step | logged (first → last) | best selection score |", "|---|---:|---|---:|"]
+    for p in phases:
+        logged = "; ".join(f"{k} {_fmt(p['first'][k])} → {_fmt(v)}" for k, v in p.get("last", {}).items() if k != "lr")
+        best = next((f"{k[5:]} {_pct(v)}" for k, v in p.items() if k.startswith("best_") and k.endswith("macro_f1")), "–")
+        lines.append(f"| {p.get('name', p['phase'])} | {p.get('last_step', '–')} | {logged} | {best} |")
+    lines.append("")
+    if "mlm_head" in ms:
+        lines += [f"MLM head: {ms['mlm_head']}.", ""]
+    for r in ms.get("rounds", []):
+        lines.append(f"- round {r['round']}: {r['kept']} pseudo-labels kept of {r['candidates']} (threshold "
+                     f"{r['threshold']}; confident per class {r['confident_per_class']}, kept per class "
+                     f"{r['kept_per_class']}, predicted per class {r['predicted_per_class']})")
+    if ms.get("rounds"):
+        lines.append("")
+    if "l2sp" in ms:
+        lines += [f"L2-SP weight {ms['l2sp']['weight']} on {ms['l2sp']['anchored_tensors']} pretrained tensors.", ""]
+    return lines
+
+
 def render_markdown(report: dict, log: list[dict]) -> str:
     m, s, t, env = report["model"], report["summary"], report["timing"], report["environment"]
     lines = [f"# {report.get('name', 'run')}: {report['method']} ({m['finetune']})", ""]
@@ -90,7 +120,8 @@ def render_markdown(report: dict, log: list[dict]) -> str:
               f"| source (test) | {_pct(s.get('source_accuracy'))} | {_pct(s.get('source_macro_f1'))} |",
               f"| target (test) | {_pct(s.get('target_accuracy'))} | {_pct(s.get('target_macro_f1'))} |", ""]
     lines += ["## Splits", "", *_split_table(report["splits"]), "", "## Confusion matrices", "",
-              *_confusions(report["splits"], report["labels"]), "## Training", "", *_training(report, log), ""]
+              *_confusions(report["splits"], report["labels"]), "## Training", "", *_training(report, log), "",
+              *_method(report)]
     lines += [
         "## Model", "",
         f"- encoder: `{m['name_or_path']}` (loaded from `{m['resolved_path']}`)",

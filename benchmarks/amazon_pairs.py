@@ -17,6 +17,7 @@ Unlabelled target text (`--unlabeled`): `train` = the target's carved training t
 test texts); `unlabeled` = the Amazon `*.unlabeled.jsonl` files, with every split rewritten in their style
 (`data.normalize=amazon_unlabeled`). `--test-dir` scores on `<domain>.test.jsonl` files from another folder
 (the same runs, another test set). `--variant NAME` files results under `<method>+NAME` (e.g. other overrides).
+Overrides after `--` go to every run, except keys of a method section the run's method does not use.
 
 Results: `<out>/<method>[+variant]/<S>-<T>.seed<k>.json`. The per-pair table (rows: methods; columns: the 12
 pairs and the average; mean +- std over the seeds that exist) is printed and written to `<out>/table.md`,
@@ -63,6 +64,21 @@ def pair_overrides(src: str, tgt: str, args) -> list[str]:
     return out
 
 
+def for_method(overrides: list[str], method: str) -> list[str]:
+    """The pass-through overrides that apply to `method`: keys of another method's section (e.g.
+    `method.mlm.steps=100` for source_only) are left out, since a recipe refuses keys its method does not use."""
+    from adapt.methods import method_class
+
+    uses = method_class(method).uses
+    keep = []
+    for o in overrides:
+        parts = o.lstrip("~").split("=", 1)[0].split(".")
+        if parts[0] == "method" and len(parts) > 1 and parts[1] != "name" and parts[1] not in uses:
+            continue
+        keep.append(o)
+    return keep
+
+
 def result_path(args, method: str, pair: str, seed: int) -> Path:
     name = method + (f"+{args.variant}" if args.variant else "")
     return args.out / name / f"{pair.replace(':', '-')}.seed{seed}.json"
@@ -97,7 +113,7 @@ def run_source_only(args, source: str, pairs: list[str], seed: int) -> None:
     first = todo[0]
     rd = run_dir(args, "source_only", f"{source}:all", seed)
     overrides = [*pair_overrides(source, first.split(":")[1], args), "method.name=source_only", f"seed={seed}",
-                 *args.overrides]
+                 *for_method(args.overrides, "source_only")]
     report = run_training(RECIPE, overrides, rd, env=env(args))
     for pair in todo:
         tgt = DOMAINS[pair.split(":")[1]]
@@ -134,7 +150,8 @@ def mlm_checkpoint(args, target: str, seed: int, overrides: list[str]) -> Path |
 
 def run_method(args, method: str, pair: str, seed: int) -> None:
     src, tgt = pair.split(":")
-    overrides = [*pair_overrides(src, tgt, args), f"method.name={method}", f"seed={seed}", *args.overrides]
+    overrides = [*pair_overrides(src, tgt, args), f"method.name={method}", f"seed={seed}",
+                 *for_method(args.overrides, method)]
     extra = {}
     shareable = not any(o.startswith(("method.mlm.include_source=true", "method.mlm.checkpoint")) for o in args.overrides)
     if method in MLM_SHARED and shareable:

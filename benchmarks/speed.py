@@ -42,9 +42,12 @@ ROWS: dict[str, tuple[str, list[str], str]] = {
     "eager_attention": ("adapt", ["model.attention=eager"], "defaults with eager attention instead of SDPA"),
     "plain": ("adapt", ["train.group_by_length=false", "model.attention=eager"], "none of the speed options"),
     "bf16": ("adapt", ["train.mixed_precision=bf16"], "defaults with bf16 autocast"),
+    # The masked-LM phase of dapt/tapt/udalm: the same training loop on the domain's texts (labels unused).
+    "mlm": ("adapt", ["method.name=dapt", "method.mlm.steps=100000", "data.target.unlabeled={train}"],
+            "MLM phase (dapt) with the defaults"),
     "demo_defaults": ("demo", [], "adapt.train defaults on the generated demo data (recipes/sentiment.yaml)"),
 }
-DEFAULT_ROWS = ["reference", "defaults", "no_length_grouping", "eager_attention", "plain", "bf16", "demo_defaults"]
+DEFAULT_ROWS = ["reference", "defaults", "no_length_grouping", "eager_attention", "plain", "bf16", "mlm", "demo_defaults"]
 
 MATMUL = """
 import json, time, torch
@@ -87,11 +90,13 @@ def model_shape() -> dict:
     cfg = AutoConfig.from_pretrained(path)
     model = AutoModel.from_pretrained(path)
     non_embedding = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("embeddings."))
-    return {"N": non_embedding, "L": cfg.num_hidden_layers, "d": cfg.hidden_size}
+    return {"N": non_embedding, "L": cfg.num_hidden_layers, "d": cfg.hidden_size, "V": cfg.vocab_size}
 
 
-def flops(shape: dict, real_tokens: float, sum_len_sq: float) -> float:
-    return 6 * shape["N"] * real_tokens + 12 * shape["L"] * shape["d"] * sum_len_sq
+def flops(shape: dict, real_tokens: float, sum_len_sq: float, mlm_fraction: float = 0.0) -> float:
+    """6NT + 12 L d sum(len^2); an MLM step adds its head (dense d x d and the d x V decoder) on the masked tokens."""
+    head = 6 * (shape["d"] ** 2 + shape["d"] * shape["V"]) * mlm_fraction * real_tokens
+    return 6 * shape["N"] * real_tokens + 12 * shape["L"] * shape["d"] * sum_len_sq + head
 
 
 def run_reference(data: Path, flags: list[str], args) -> dict:
@@ -113,7 +118,9 @@ def run_adapt(recipe: Path, overrides: list[str], args, run_dir: Path) -> dict:
     rss = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RSS_JSON "))[9:])
     report = json.loads((run_dir / "report.json").read_text())
     t = report["timing"]
-    return {"seconds": t["train_seconds"], "samples": t["train_samples_per_second"] * t["train_seconds"],
+    logs = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    masked = [r["masked_fraction"] for r in logs if "masked_fraction" in r]
+    return {"seconds": t["train_seconds"], "mlm_fraction": sum(masked) / len(masked) if masked else 0.0, "samples": t["train_samples_per_second"] * t["train_seconds"],
             "real_tokens": t["train_real_tokens"], "sum_len_sq": t["train_sum_len_sq"],
             "padding_fraction": t["train_padding_fraction"], "peak_rss_gib": rss["peak_rss_gib"],
             "precision": "bf16" if report["environment"]["mixed_precision"] == "bf16" else "fp32",
@@ -135,7 +142,7 @@ def amazon_recipe(carve_dir: Path, domain: str, args, path: Path) -> Path:
 
 def summarise(name: str, r: dict, shape: dict, peaks: dict, ref: dict | None) -> dict:
     sps = r["samples"] / r["seconds"]
-    achieved = flops(shape, r["real_tokens"], r["sum_len_sq"]) / r["seconds"]
+    achieved = flops(shape, r["real_tokens"], r["sum_len_sq"], r.get("mlm_fraction", 0.0)) / r["seconds"]
     return {**r, "row": name, "samples_per_second": sps, "real_tokens_per_second": r["real_tokens"] / r["seconds"],
             "ratio_to_reference": sps / (ref["samples"] / ref["seconds"]) if ref else None,
             "achieved_gflops": achieved / 1e9, "mfu": achieved / peaks[r["precision"]]}
@@ -190,7 +197,8 @@ def main() -> int:
         if kind == "reference":
             raw = run_reference(work / "carve" / f"{args.domain}.train.jsonl", extra, args)
         elif kind == "adapt":
-            raw = run_adapt(recipe, extra, args, work / name)
+            train_file = work / "carve" / f"{args.domain}.train.jsonl"
+            raw = run_adapt(recipe, [o.format(train=train_file) for o in extra], args, work / name)
         else:
             raw = run_adapt(ROOT / "recipes" / "sentiment.yaml", extra, args, work / name)
         state["rows"][name] = raw
