@@ -189,6 +189,11 @@ class TrainConfig:
         "(`accelerate launch --mixed_precision bf16` or its config) wins.",
     )
     group_by_length: bool = _f(True, "Batch examples of similar length together (less padding).")
+    compile: bool = _f(
+        False,
+        "Compile the model with torch.compile (inductor, dynamic shapes, one compiled block per encoder layer). "
+        "Opt-in: compiling takes minutes on a CPU, more than it saves on short runs (docs/performance.md).",
+    )
     l2sp: float = _f(
         0.0, "L2-SP transfer regulariser (Li et al. 2018): adds l2sp * ||theta - theta_0||^2 over the pretrained encoder "
              "weights that train (new heads excluded); 0 turns it off.",

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, TorchDynamoPlugin, broadcast_object_list, set_seed
 from datasets import Dataset
 
 from adapt.data import Split, load_splits
@@ -79,7 +79,12 @@ def setup_accelerator(recipe: Recipe) -> tuple[Accelerator, str]:
     handlers = []
     if method_class(recipe.method.name).find_unused_parameters:
         handlers.append(DistributedDataParallelKwargs(find_unused_parameters=True))
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision, kwargs_handlers=handlers)
+    dynamo = None
+    if recipe.train.compile:
+        # Regional compilation compiles one encoder layer and reuses it for the others: far less compile time.
+        dynamo = TorchDynamoPlugin(backend="inductor", dynamic=True, use_regional_compilation=True)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision, kwargs_handlers=handlers,
+                              dynamo_plugin=dynamo)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and accelerator.num_processes != launched:
         raise AdaptError(
@@ -345,7 +350,7 @@ def _run(recipe: Recipe, accelerator: Accelerator, precision_source: str, cwd: P
     collate = Collator(bundle.tokenizer.pad_token_id)
     model = accelerator.prepare(bundle.model)
     select = "target_dev" if recipe.eval.select_on == "target_dev" else "source_dev"
-    net = accelerator.unwrap_model(model)
+    net = accelerator.unwrap_model(model, keep_torch_compile=False)
     ctx = LoopContext(accelerator, recipe, model, run, collate, label_names, splits[select], tokenized[select],
                       l2sp_anchors=l2sp_anchors(recipe, net, bundle.resolved.path))
     method_ctx = MethodContext(recipe, tokenized, bundle.tokenizer, net, run)

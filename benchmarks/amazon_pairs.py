@@ -156,8 +156,8 @@ def run_method(args, method: str, pair: str, seed: int) -> None:
     shareable = not any(o.startswith(("method.mlm.include_source=true", "method.mlm.checkpoint")) for o in args.overrides)
     if method in MLM_SHARED and shareable:
         ckpt = mlm_checkpoint(args, tgt, seed, overrides)
-        if ckpt is not None:
-            overrides.append(f"method.mlm.checkpoint={ckpt}")
+        if ckpt is not None:  # its own MLM settings (which matched) are in its mlm.json
+            overrides = [o for o in overrides if not o.startswith("method.mlm.")] + [f"method.mlm.checkpoint={ckpt}"]
             extra["mlm_from"] = str(ckpt)
     report = run_training(RECIPE, overrides, run_dir(args, method, pair, seed), env=env(args))
     rec = pair_record(report, method, pair, seed, "target_test", args, extra)

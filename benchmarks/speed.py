@@ -42,6 +42,7 @@ ROWS: dict[str, tuple[str, list[str], str]] = {
     "eager_attention": ("adapt", ["model.attention=eager"], "defaults with eager attention instead of SDPA"),
     "plain": ("adapt", ["train.group_by_length=false", "model.attention=eager"], "none of the speed options"),
     "bf16": ("adapt", ["train.mixed_precision=bf16"], "defaults with bf16 autocast"),
+    "compile": ("adapt", ["train.compile=true"], "defaults with torch.compile (compile time included)"),
     # The masked-LM phase of dapt/tapt/udalm: the same training loop on the domain's texts (labels unused).
     "mlm": ("adapt", ["method.name=dapt", "method.mlm.steps=100000", "data.target.unlabeled={train}"],
             "MLM phase (dapt) with the defaults"),
@@ -106,7 +107,9 @@ def run_reference(data: Path, flags: list[str], args) -> dict:
     r = json.loads(out)
     return {"seconds": r["seconds"], "samples": r["samples"], "real_tokens": r["real_tokens"],
             "sum_len_sq": r["sum_len_sq"], "padding_fraction": r["padding_fraction"],
-            "peak_rss_gib": r["peak_rss_gib"], "precision": "bf16" if "--bf16" in flags else "fp32"}
+            "peak_rss_gib": r["peak_rss_gib"], "precision": "bf16" if "--bf16" in flags else "fp32",
+            "in_step_seconds": sum(r["step_seconds"]), "first_step_seconds": r["step_seconds"][0],
+            "optimizer": r["optimizer"]}
 
 
 def run_adapt(recipe: Path, overrides: list[str], args, run_dir: Path) -> dict:
@@ -157,6 +160,11 @@ def print_table(results: dict, peaks: dict) -> None:
         print(f"| {name} | {ROWS[name][2]} | {r['samples_per_second']:.2f} | {r['real_tokens_per_second']:.0f} | "
               f"{100 * r['padding_fraction']:.1f}% | {r['peak_rss_gib']:.2f} GiB | {ratio} | "
               f"{r['achieved_gflops']:.1f} | {100 * r['mfu']:.1f}% |")
+    for name, r in results.items():
+        if "in_step_seconds" in r:  # where the Trainer's time goes: set-up inside train() vs its steps
+            print(f"{name}: train() {r['seconds']:.1f} s, of which {r['in_step_seconds']:.1f} s inside its "
+                  f"optimizer steps (first step {r['first_step_seconds']:.1f} s); optimizer "
+                  f"{r['optimizer']}; {r['samples'] / r['in_step_seconds']:.2f} samples/s counting the steps only")
     for name, r in results.items():
         if "eval_samples_per_second" in r:
             print(f"evaluation ({name}): {r['eval_samples_per_second']:.1f} samples/s")
