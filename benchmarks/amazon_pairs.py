@@ -183,7 +183,7 @@ def collect(out: Path) -> dict[str, dict[str, list[float]]]:
 
 def summarise(table: dict[str, dict[str, list[float]]]) -> dict:
     rows = {}
-    for method, pairs in table.items():
+    for method, pairs in sorted(table.items(), key=lambda kv: (kv[0] != "source_only", kv[0])):
         cells = {p: {"mean": float(np.mean(v)), "std": float(np.std(v)), "seeds": len(v)} for p, v in pairs.items()}
         complete = all(p in cells for p in ALL_PAIRS)
         rows[method] = {"pairs": cells, "average": float(np.mean([cells[p]["mean"] for p in ALL_PAIRS])) if complete else None,
@@ -237,7 +237,8 @@ def heatmap(rows: dict, path: Path) -> None:
         for i in range(4):
             for j in range(4):
                 if not np.isnan(grid[i, j]):
-                    ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", color="white", fontsize=8)
+                    ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", fontsize=8,
+                            color="black" if grid[i, j] > 85 else "white")
         ax.set_xticks(range(4), names)
         ax.set_yticks(range(4), names)
         ax.set_xlabel("target")
