@@ -8,7 +8,7 @@ Without `--test`, every dev and test split of the recipe is scored again. Each `
 split (PATH takes the same forms as a recipe's data paths); the `--role` (default target) and `--domain`
 after it apply to it (`--domain D` filters a file's `domain` column, as in recipes; without it the split is
 named after NAME and not filtered). Results are merged into report.json / report.md, predictions are written
-to `predictions/NAME.jsonl`. Runs under `accelerate launch` too.
+to `predictions/NAME.jsonl`. `--diagnostics` recomputes `diagnostics.json`. Runs under `accelerate launch` too.
 """
 
 from __future__ import annotations
@@ -52,12 +52,15 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", action=_TestAction, metavar="NAME=PATH", help="an extra labelled test split")
     p.add_argument("--role", action=_TestAction, help="source or target (for the preceding --test)")
     p.add_argument("--domain", action=_TestAction, help="domain name / filter (for the preceding --test)")
+    p.add_argument("--diagnostics", action="store_true",
+                   help="recompute diagnostics.json (proxy A-distance, vocabulary overlap) with the saved model")
     p.set_defaults(tests=[])
     return p
 
 
-def evaluate_run(run_dir: Path, tests: list[dict]) -> dict:
-    """Score a finished run on its own splits (no `tests`) or on the extra `tests`; returns the updated report."""
+def evaluate_run(run_dir: Path, tests: list[dict], diagnostics: bool = False) -> dict:
+    """Score a finished run on its own splits (no `tests`) or on the extra `tests`, and recompute diagnostics.json
+    when asked; returns the updated report."""
     from adapt.data import load_extra_split, load_splits
     from adapt.train import setup_accelerator, shutdown, tokenize_splits
 
@@ -85,12 +88,26 @@ def evaluate_run(run_dir: Path, tests: list[dict]) -> dict:
         collate = Collator(tokenizer.pad_token_id)
         results = _score(accelerator, model, splits, tokenized, labels, recipe, run, collate, extra=bool(tests))
         report["splits"].update(results)
+        if diagnostics and accelerator.is_main_process:
+            _diagnostics(run, recipe, report, accelerator.unwrap_model(model), tokenizer, accelerator)
         if accelerator.is_main_process:
             write_reports(run, report)
         accelerator.wait_for_everyone()
         return load_report(run)
     finally:
         shutdown(accelerator)
+
+
+def _diagnostics(run: RunDir, recipe, report: dict, model, tokenizer, accelerator) -> None:
+    from adapt.data import load_splits
+    from adapt.features import tokenize
+    from adapt.modeling import resolve_model
+    from adapt.train import write_diagnostics
+
+    splits = load_splits(recipe)[0]
+    tokenized = {n: tokenize(splits[n].dataset, tokenizer, recipe.data, n) for n in ("source_test", "target_test")}
+    write_diagnostics(run, model, resolve_model(report["model"]["name_or_path"]), splits, tokenized, recipe,
+                      Collator(tokenizer.pad_token_id), accelerator.device)
 
 
 def _score(accelerator, model, splits, tokenized, labels, recipe, run, collate, extra: bool) -> dict:
@@ -111,7 +128,7 @@ def _score(accelerator, model, splits, tokenized, labels, recipe, run, collate, 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     quiet_libraries()
-    report = evaluate_run(args.run_dir, args.tests)
+    report = evaluate_run(args.run_dir, args.tests, args.diagnostics)
     for name, s in report["splits"].items():
         print(f"{name:<24} {s['role']:<7} {s['domain']:<14} n={s['n']:<6} accuracy {100 * s['accuracy']:.1f}  "
               f"macro-F1 {100 * s['macro_f1']:.1f}")

@@ -1,14 +1,18 @@
 """Inference on a saved classifier: find and load a model folder, then predict class probabilities for texts.
 
 Shared by `adapt.predict` and `adapt.export`. A *model folder* is a run's `model/` (a full model or a LoRA
-adapter + head), or a folder written by `adapt.export` (a plain transformers model, or an int8 model described
-by its `adapt_export.json`). The tokenisation settings (`data.max_length`, `data.truncation`) come from the run's
-`recipe.yaml`, or from `adapt_export.json` for an export, so predictions match what the run itself computed.
+adapter + head), a folder written by `adapt.export` (a plain transformers model, or an int8 model described
+by its `adapt_export.json`), or a folder pushed by `adapt.hub` (or written by its `--dry-run`), which carries
+its run's `recipe.yaml`. A Hub model id (`user/name`) is downloaded to the Hugging Face cache first. The
+tokenisation settings (`data.max_length`, `data.truncation`) come from the run's `recipe.yaml`, or from
+`adapt_export.json` for an export, so predictions match what the run itself computed.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -21,6 +25,7 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 from adapt.data import NORMALIZERS
 from adapt.errors import AdaptError
 from adapt.features import Collator, eval_loader, tokenize
+from adapt.hub import hub_reachable
 from adapt.methods import classifier_inputs
 from adapt.modeling import load_saved_model
 from adapt.recipe import DataConfig, load_recipe
@@ -43,14 +48,53 @@ def is_model_folder(path: Path) -> bool:
     )
 
 
+def is_hub_model_id(name: str) -> bool:
+    """`user/name` that is not a local path (checked by the caller) but a valid Hub repository id."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") != 1:
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=8)  # `adapt.predict` resolves its argument twice: download (or check) once
+def download_model(repo_id: str) -> Path:
+    """A Hub model repository's files in the Hugging Face cache. Offline only a cached copy is used, so a missing
+    one fails at once rather than after the client's retries."""
+    from huggingface_hub import snapshot_download
+
+    online = hub_reachable()
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=not online))
+    except Exception as err:  # HTTP, network and cache errors alike: the model is not available
+        if not online:
+            raise AdaptError(
+                f"{repo_id} is not a local directory, and the Hub model {repo_id!r} cannot be downloaded: the Hugging "
+                "Face Hub is unreachable (offline or HF_HUB_OFFLINE=1) and it is not in the local Hugging Face cache. "
+                "Give a run directory or model folder, or run where the Hub is reachable."
+            ) from None
+        raise AdaptError(f"cannot download the Hub model {repo_id!r} ({type(err).__name__}: {err}); check the id (a "
+                         "private repository needs HF_TOKEN or `hf auth login`)") from None
+
+
 def resolve_model_dir(path: Path) -> tuple[Path, RunDir | None]:
-    """The model folder to load for `path` (a run directory or a model folder), and the run it belongs to."""
+    """The model folder to load for `path` (a run directory, a model folder or a Hub model id), and the run
+    whose recipe holds its tokenisation settings."""
     path = Path(path)
+    if not path.exists() and is_hub_model_id(str(path)):
+        path = download_model(str(path))
     if not path.exists():
-        raise AdaptError(f"{path} does not exist; give a run directory or a model folder")
+        raise AdaptError(f"{path} does not exist; give a run directory, a model folder or a Hub model id (user/name)")
     if not path.is_dir():
         raise AdaptError(f"{path} is not a directory; give a run directory or a model folder")
     if is_model_folder(path):
+        if RunDir(path).recipe.is_file():  # a pushed folder carries its run's recipe.yaml
+            return path, RunDir(path)
         # A run's own `model/` still uses its run's recipe for the tokenisation settings.
         parent = RunDir(path.parent)
         return path, parent if path.name == "model" and parent.recipe.is_file() else None

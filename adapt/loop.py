@@ -159,6 +159,15 @@ def restore_best(ctx: LoopContext) -> None:
                 p.copy_(weights[n].to(p.device))
 
 
+def log_record(ctx: LoopContext, record: dict) -> None:
+    """A train_log.jsonl line (main process), also sent to the recipe's trackers (`report.trackers`)."""
+    ctx.run.append_log(record)
+    if ctx.recipe.report.trackers:
+        values = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                  and k not in ("phase", "global_step")}
+        ctx.accelerator.log(values, step=record["global_step"])
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Evaluation during training.
 
@@ -179,7 +188,7 @@ def evaluate_selection(ctx: LoopContext) -> None:
     else:
         state.evals_since_best += 1
     if ctx.accelerator.is_main_process:
-        ctx.run.append_log({"phase": state.phase, "global_step": state.global_step, "epoch": state.epoch,
+        log_record(ctx, {"phase": state.phase, "global_step": state.global_step, "epoch": state.epoch,
                             f"{ctx.select_split.name}_{cfg.eval.selection_metric}": value,
                             f"{ctx.select_split.name}_accuracy": entry["accuracy"], "best": improved})
     patience = cfg.train.early_stopping_patience
@@ -323,7 +332,7 @@ class PhaseRunner:
         if state.global_step % cfg.report.log_every_steps == 0:
             values = self.logs.flush(ctx.accelerator)
             if ctx.accelerator.is_main_process:
-                ctx.run.append_log({"phase": state.phase, "phase_name": self.phase.name, "global_step": state.global_step,
+                log_record(ctx, {"phase": state.phase, "phase_name": self.phase.name, "global_step": state.global_step,
                                     "epoch": round(state.step / self.steps_per_epoch, 4),
                                     "lr": self.scheduler.get_last_lr()[0], **values})
         if self.phase.select and cfg.train.eval_every_steps and state.step % cfg.train.eval_every_steps == 0:

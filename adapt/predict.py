@@ -2,9 +2,14 @@
 
     python -m adapt.predict RUN_DIR --input reviews.jsonl --output predictions.jsonl
     cat reviews.txt | python -m adapt.predict runs/exported --input - --output -
+    python -m adapt.predict someone/books-to-kitchen --input reviews.jsonl --output -
 
-RUN_DIR is a run directory (its `model/`, tokenised with the recipe's `data.max_length` and `data.truncation`) or
-a model folder: a run's `model/` (full model or LoRA adapter) or a folder written by `adapt.export`.
+RUN_DIR is a run directory (its `model/`, tokenised with the recipe's `data.max_length` and `data.truncation`), a
+model folder (a run's `model/`, full model or LoRA adapter; a folder written by `adapt.export`; a folder pushed by
+`adapt.hub push`, or written by its `--dry-run`, tokenised with the `recipe.yaml` it carries), or the Hub id
+`user/name` of a model pushed by `adapt.hub` (adapter or full model) or of any text classifier. A Hub model is
+downloaded to the Hugging Face cache; offline, only a copy already there is used. An adapter loads its base model
+by the id it records (the embedded all-MiniLM-L6-v2 needs no download).
 
 Input (`--input`, `-` for stdin):
   .jsonl  one JSON object per line; the text is in `--text-column` (default `text`), an `id` field is kept
@@ -185,7 +190,8 @@ def _positive(value: str) -> int:
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m adapt.predict", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory or a model folder")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR",
+                   help="a run directory, a model folder (also a pushed one) or a Hub model id user/name")
     p.add_argument("--input", required=True, metavar="FILE", help=".jsonl, .csv or plain text; - for stdin")
     p.add_argument("--output", required=True, metavar="FILE", help="JSON lines; - for stdout")
     p.add_argument("--text-column", default="text", help="text column of .jsonl/.csv input (default: text)")

@@ -223,12 +223,21 @@ class EvalConfig:
     select_on: Literal["source_dev", "target_dev"] = _f(
         "source_dev", "Split used for model selection; `target_dev` needs labelled target data."
     )
+    diagnostics: bool = _f(
+        True, "Write `diagnostics.json`: proxy A-distance between the source and target test texts (pretrained and "
+              "trained encoder) and their vocabulary overlap; shown in the report.",
+    )
+    diagnostics_examples: int = _f(300, "Texts per domain for the proxy A-distance (a sample of each test split).")
 
 
 @dataclass(frozen=True)
 class ReportConfig:
     predictions: bool = _f(True, "Write `predictions/<split>.jsonl` (id, label, pred, probs).")
     log_every_steps: int = _f(10, "Write a `train_log.jsonl` line every N optimizer steps.")
+    trackers: list[str] = _f(
+        None, "Experiment trackers through Accelerate, logging under `<run>/trackers/`: tensorboard (works offline), "
+              "wandb, mlflow, comet_ml, aim, clearml, dvclive, swanlab, trackio.", factory=list,
+    )
 
 
 @dataclass(frozen=True)
@@ -534,6 +543,7 @@ def _check(recipe: Recipe) -> list[str]:
         ("train.epochs", t.epochs, 1), ("train.batch_size", t.batch_size, 1), ("train.grad_accum", t.grad_accum, 1),
         ("train.checkpoint_every_steps", t.checkpoint_every_steps, 1), ("train.keep_checkpoints", t.keep_checkpoints, 1),
         ("train.num_workers", t.num_workers, 0), ("eval.batch_size", e.batch_size, 1),
+        ("eval.diagnostics_examples", e.diagnostics_examples, 10),
         ("report.log_every_steps", recipe.report.log_every_steps, 1),
     ):
         if value is not None and value < low:
@@ -558,7 +568,15 @@ def _check(recipe: Recipe) -> list[str]:
     if recipe.hub.repo_id is not None and recipe.hub.repo_id.count("/") != 1:
         p.append(f"`hub.repo_id` must look like `user/name`, got {recipe.hub.repo_id!r}")
     p += _check_method(recipe)
+    unknown = [t for t in recipe.report.trackers if t not in TRACKERS]
+    if unknown:
+        p.append(f"`report.trackers`: unknown tracker(s) {unknown}; choose from {', '.join(TRACKERS)}")
     return p
+
+
+# Tracker name -> the package it needs (Accelerate's integrations).
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml", "aim": "aim",
+            "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab", "trackio": "trackio"}
 
 
 def _check_method(recipe: Recipe) -> list[str]:

@@ -1,15 +1,20 @@
 """Reports: `report.json` (the record) and `report.md` (for people), both pure functions of the run directory.
 
-    python -m adapt.report RUN_DIR      # rebuild report.md from report.json and train_log.jsonl
+    python -m adapt.report RUN_DIR                         # rebuild report.md / report.html / report.json
+    python -m adapt.report compare RUN_DIR RUN_DIR ...     # compare runs (see adapt.compare)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
+import numpy as np
+
 from adapt.errors import AdaptError, cli_entry
+from adapt.metrics import bootstrap_ci, calibration
 from adapt.rundir import RunDir, atomic_write_json, atomic_write_text, read_jsonl
 
 SCHEMA_VERSION = 1
@@ -34,14 +39,24 @@ def _pct(x: float | None) -> str:
 
 
 def _split_table(splits: dict) -> list[str]:
-    lines = ["| split | role | domain | n | accuracy | macro-F1 | note |", "|---|---|---|---:|---:|---:|---|"]
-    order = sorted(splits, key=lambda n: (splits[n].get("kind") != "test", splits[n]["role"] != "source", n))
-    for name in order:
+    lines = ["| split | role | domain | n | accuracy [95% CI] | macro-F1 [95% CI] | ECE | note |",
+             "|---|---|---|---:|---:|---:|---:|---|"]
+    for name in split_order(splits):
         s = splits[name]
-        lines.append(
-            f"| {name} | {s['role']} | {s['domain']} | {s['n']} | {_pct(s['accuracy'])} | {_pct(s['macro_f1'])} | {s.get('note', '')} |"
-        )
+        ece = f"{s['calibration']['ece']:.3f}" if "calibration" in s else "–"
+        lines.append(f"| {name} | {s['role']} | {s['domain']} | {s['n']} | {_with_ci(s, 'accuracy')} | "
+                     f"{_with_ci(s, 'macro_f1')} | {ece} | {s.get('note', '')} |")
     return lines
+
+
+def split_order(splits: dict) -> list[str]:
+    """Test splits first, source before target."""
+    return sorted(splits, key=lambda n: (splits[n].get("kind") != "test", splits[n]["role"] != "source", n))
+
+
+def _with_ci(s: dict, metric: str) -> str:
+    ci = s.get("ci95", {}).get(metric)
+    return _pct(s[metric]) + (f" [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else "")
 
 
 def _confusions(splits: dict, labels: list[str]) -> list[str]:
@@ -109,7 +124,26 @@ def _method(report: dict) -> list[str]:
     return lines
 
 
-def render_markdown(report: dict, log: list[dict]) -> str:
+def diagnostics_lines(d: dict) -> list[str]:
+    """The domain-shift diagnostics with a sentence on how to read them."""
+    lines = []
+    pad = d.get("proxy_a_distance", {})
+    if pad:
+        parts = ", ".join(f"{k} encoder {v['pad']:.2f} (domain classifier error {100 * v['error']:.1f}%)"
+                          for k, v in pad.items())
+        lines += [f"- **Proxy A-distance** between {d['source_split']} and {d['target_split']} "
+                  f"({d['examples_per_domain']} texts each, [CLS] representations): {parts}. It runs from 0 (a linear "
+                  "classifier cannot tell the domains apart) to 2 (it always can); adaptation aims to lower it for the "
+                  "trained encoder without losing source accuracy."]
+    vocab = d.get("vocabulary")
+    if vocab:
+        lines += [f"- **Vocabulary overlap** (word types, {vocab['source']} vs {vocab['target']}): Jaccard "
+                  f"{vocab['jaccard']:.3f}; {100 * vocab['target_token_coverage']:.1f}% of the target's running words "
+                  "occur in the source texts. Lower overlap means more target words the source never taught the model."]
+    return lines
+
+
+def render_markdown(report: dict, log: list[dict], diagnostics: dict | None = None) -> str:
     m, s, t, env = report["model"], report["summary"], report["timing"], report["environment"]
     lines = [f"# {report.get('name', 'run')}: {report['method']} ({m['finetune']})", ""]
     if "transfer_gap" in s:
@@ -122,6 +156,8 @@ def render_markdown(report: dict, log: list[dict]) -> str:
     lines += ["## Splits", "", *_split_table(report["splits"]), "", "## Confusion matrices", "",
               *_confusions(report["splits"], report["labels"]), "## Training", "", *_training(report, log), "",
               *_method(report)]
+    if diagnostics:
+        lines += ["## Domain shift", "", *diagnostics_lines(diagnostics), ""]
     lines += [
         "## Model", "",
         f"- encoder: `{m['name_or_path']}` (loaded from `{m['resolved_path']}`)",
@@ -138,10 +174,32 @@ def render_markdown(report: dict, log: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def add_uncertainty(run: RunDir, report: dict) -> dict:
+    """Bootstrap 95% intervals and calibration (ECE, reliability bins) for every split whose predictions file is in
+    the run directory: computed from the files alone, so `python -m adapt.report` can add them to any run."""
+    labels = {name: i for i, name in enumerate(report["labels"])}
+    splits = {}
+    for name, entry in report["splits"].items():
+        path = run.predictions / f"{name}.jsonl"
+        if path.exists():
+            rows = read_jsonl(path)
+            y = np.array([labels[r["label"]] for r in rows])
+            pred = np.array([labels[r["pred"]] for r in rows])
+            probs = np.array([r["probs"] for r in rows])
+            entry = {**entry, "ci95": bootstrap_ci(y, pred, len(labels)), "calibration": calibration(y, probs)}
+        splits[name] = entry
+    return {**report, "splits": splits}
+
+
 def write_reports(run: RunDir, report: dict) -> None:
-    """report.md first, report.json last: report.json marks a finished run."""
-    report = {**report, "summary": summarize(report["splits"])}
-    atomic_write_text(run.report_md, render_markdown(report, read_jsonl(run.train_log)))
+    """report.md and report.html first, report.json last: report.json marks a finished run."""
+    from adapt.report_html import render_html  # matplotlib is imported only when a report is written
+
+    report = add_uncertainty(run, {**report, "summary": summarize(report["splits"])})
+    log = read_jsonl(run.train_log) if run.train_log.exists() else []
+    diagnostics = json.loads(run.diagnostics.read_text()) if run.diagnostics.exists() else None
+    atomic_write_text(run.report_md, render_markdown(report, log, diagnostics))
+    atomic_write_text(run.report_html, render_html(report, log, diagnostics))
     atomic_write_json(run.report_json, report)
 
 
@@ -152,13 +210,31 @@ def load_report(run: RunDir) -> dict:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m adapt.report", description="Rebuild report.md from a run directory.")
+    p = argparse.ArgumentParser(
+        prog="python -m adapt.report",
+        description="Rebuild report.md, report.html and report.json of a run directory from its files alone; or "
+                    "`compare RUN_DIR RUN_DIR ... [--out DIR]` (a paired bootstrap against the first run), or "
+                    "`compare SWEEP_DIR` (a benchmark sweep's per-pair table and heatmap).")
     p.add_argument("run_dir", type=Path)
+    return p
+
+
+def make_compare_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m adapt.report compare", description=__doc__)
+    p.add_argument("runs", type=Path, nargs="+", help="run directories (the first is the baseline), or a sweep directory")
+    p.add_argument("--out", type=Path, help="write compare.md / compare.html / compare.json (or the sweep table) here")
     return p
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["compare"]:
+        from adapt.compare import compare_main
+
+        args = make_compare_parser().parse_args(argv[1:])
+        print(compare_main(args.runs, args.out))
+        return 0
     args = make_parser().parse_args(argv)
     run = RunDir(args.run_dir)
     write_reports(run, load_report(run))

@@ -53,6 +53,8 @@ class RunDir:
     train_log = property(lambda self: self.root / "train_log.jsonl")
     report_json = property(lambda self: self.root / "report.json")
     report_md = property(lambda self: self.root / "report.md")
+    report_html = property(lambda self: self.root / "report.html")
+    diagnostics = property(lambda self: self.root / "diagnostics.json")
     checkpoints = property(lambda self: self.root / "checkpoints")
     best = property(lambda self: self.root / "best")
 

@@ -24,7 +24,7 @@ from adapt.data import Split, load_splits
 from adapt.errors import AdaptError, cli_entry, quiet_libraries
 from adapt.features import Collator, tokenize
 from adapt.heads import AdaptModel, classifier_of
-from adapt.hub import hub_reachable, push_run
+from adapt.hub import check_can_push, push_run
 from adapt.loop import LoopContext, train
 from adapt.methods import Method, MethodContext, get_method, method_class
 from adapt.modeling import (
@@ -32,6 +32,7 @@ from adapt.modeling import (
     apply_finetune,
     count_parameters,
     load_classifier,
+    load_encoder,
     load_tokenizer,
     pretrained_parameter_names,
     resolve_model,
@@ -39,7 +40,14 @@ from adapt.modeling import (
 )
 from adapt.recipe import Recipe, load_recipe, recipe_to_dict, recipe_to_yaml
 from adapt.report import SCHEMA_VERSION, summarize, write_reports
-from adapt.rundir import RunDir, atomic_write_text, default_output_dir, plan_output_dir, read_jsonl
+from adapt.rundir import (
+    RunDir,
+    atomic_write_json,
+    atomic_write_text,
+    default_output_dir,
+    plan_output_dir,
+    read_jsonl,
+)
 from adapt.scoring import score_split
 
 # ----------------------------------------------------------------------------------------------------------
@@ -177,6 +185,7 @@ def open_run_dir(run: RunDir, recipe: Recipe, resume_from: Path | None, accelera
             run.train_log.unlink(missing_ok=True)
             for leftover in ("pseudo_labels", "mlm"):
                 shutil.rmtree(run.root / leftover, ignore_errors=True)
+            run.diagnostics.unlink(missing_ok=True)
         atomic_write_text(run.recipe, recipe_to_yaml(recipe))
     accelerator.wait_for_everyone()
 
@@ -295,6 +304,42 @@ def timing(state, eval_throughput: float, wall_seconds: float) -> dict:
     }
 
 
+def write_diagnostics(run: RunDir, classifier, resolved: ResolvedModel, splits: dict, tokenized: dict, recipe: Recipe,
+                      collate: Collator, device) -> None:
+    """diagnostics.json (main process): domain-shift measures for the report (adapt.diagnostics)."""
+    from adapt.diagnostics import compute_diagnostics
+
+    pretrained = load_encoder(resolved, recipe.model.attention).to(device)
+    atomic_write_json(run.diagnostics, compute_diagnostics(classifier, pretrained, splits, tokenized, recipe, collate,
+                                                           device))
+
+
+def check_trackers(recipe: Recipe) -> None:
+    """A requested tracker whose package is missing stops the run before any work, naming the install."""
+    import importlib.util
+
+    from adapt.recipe import TRACKERS
+
+    missing = [t for t in recipe.report.trackers
+               if importlib.util.find_spec(TRACKERS[t]) is None
+               and not (t == "tensorboard" and importlib.util.find_spec("tensorboardX"))]
+    if missing:
+        pkgs = " ".join(TRACKERS[t] for t in missing)
+        raise AdaptError(f"`report.trackers`: {', '.join(missing)} needs `pip install {pkgs}`; install it or remove it "
+                         "from report.trackers")
+
+
+def start_trackers(accelerator: Accelerator, recipe: Recipe, run: RunDir) -> None:
+    """Accelerate trackers logging under <run>/trackers, with the flattened recipe as the run's config."""
+    if not recipe.report.trackers:
+        return
+    # Set here rather than in Accelerator(...): the run directory is only known once the Accelerator exists.
+    accelerator.log_with = list(recipe.report.trackers)
+    accelerator.project_configuration.set_directories(str(run.root / "trackers"))
+    config = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in _flatten(recipe_to_dict(recipe)).items()}
+    accelerator.init_trackers(recipe.name, config=config)
+
+
 def phase_summaries(run: RunDir) -> list[dict]:
     """Per phase, from train_log.jsonl: steps, and the first and last logged value of every loss the method logs
     (the curve itself stays in the log), plus the best selection score when the phase selected on one."""
@@ -332,13 +377,10 @@ def run(recipe: Recipe, *, cwd: Path | None = None) -> dict:
 
 
 def _run(recipe: Recipe, accelerator: Accelerator, precision_source: str, cwd: Path, wall: float) -> dict:
-    if recipe.hub.push and not hub_reachable():
-        # Fail before training, not after it: the push happens at the end.
-        raise AdaptError(
-            f"`hub.push` is true but the Hugging Face Hub is unreachable (offline or HF_HUB_OFFLINE=1); set "
-            f"`hub.push=false` and push the run later, or run where {recipe.hub.repo_id} can be reached"
-        )
+    if recipe.hub.push:  # fail before training, not after it: the push happens at the end
+        check_can_push(recipe.hub.repo_id)
     recipe, run, resume_from = setup_run_dir(recipe, accelerator, cwd)
+    check_trackers(recipe)
     set_seed(recipe.seed)
     with accelerator.main_process_first():
         splits, label_names = load_splits(recipe)
@@ -346,6 +388,7 @@ def _run(recipe: Recipe, accelerator: Accelerator, precision_source: str, cwd: P
     bundle = setup_model(recipe, label_names, method)
     open_run_dir(run, recipe, resume_from, accelerator)
     _print_setup(accelerator, run, resume_from, splits, label_names, bundle, recipe)
+    start_trackers(accelerator, recipe, run)
     tokenized = tokenize_splits(splits, bundle.tokenizer, recipe, accelerator)
     collate = Collator(bundle.tokenizer.pad_token_id)
     model = accelerator.prepare(bundle.model)
@@ -360,6 +403,9 @@ def _run(recipe: Recipe, accelerator: Accelerator, precision_source: str, cwd: P
     classifier = classifier_of(net)  # the heads a method trained alongside are not part of the result
     if accelerator.is_main_process:
         _save_model_atomically(classifier, bundle.tokenizer, run)
+        if recipe.eval.diagnostics:
+            write_diagnostics(run, classifier, bundle.resolved, splits, tokenized, recipe, collate, accelerator.device)
+    accelerator.wait_for_everyone()
     total, trainable = count_parameters(classifier)
     report = {
         "schema_version": SCHEMA_VERSION,
@@ -389,9 +435,15 @@ def _run(recipe: Recipe, accelerator: Accelerator, precision_source: str, cwd: P
         write_reports(run, report)
         shutil.rmtree(run.checkpoints, ignore_errors=True)  # the finished model supersedes them
         shutil.rmtree(run.best, ignore_errors=True)
-        if recipe.hub.push:
+    push_error = None
+    if accelerator.is_main_process and recipe.hub.push:
+        try:
             print(f"pushed to {push_run(run.root, recipe.hub.repo_id, private=recipe.hub.private)}")
+        except AdaptError as err:  # raised after the barrier, or the other processes would wait there forever
+            push_error = err
     accelerator.wait_for_everyone()
+    if push_error is not None:
+        raise push_error
     return report
 
 

@@ -35,17 +35,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from adapt.compare import ALL_PAIRS, DOMAINS, collect, summarise, write_pair_table  # noqa: E402,F401
 from adapt.errors import AdaptError  # noqa: E402
-from adapt.rundir import atomic_write_json, atomic_write_text  # noqa: E402
+from adapt.rundir import atomic_write_json  # noqa: E402
 from adapt.sweep import result_record, run_training  # noqa: E402
 
-DOMAINS = {"B": "books", "D": "dvd", "E": "electronics", "K": "kitchen"}
-ALL_PAIRS = [f"{s}:{t}" for s in DOMAINS for t in DOMAINS if s != t]
 SCREEN_PAIRS = ["B:K", "D:E", "E:B", "K:D"]
 METHODS = ["source_only", "dapt", "tapt", "udalm", "dann", "self_training"]
 MLM_SHARED = ("dapt", "udalm")  # MLM on target text only: one phase per (target, seed)
@@ -168,98 +165,11 @@ def run_method(args, method: str, pair: str, seed: int) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The table.
-
-
-def collect(out: Path) -> dict[str, dict[str, list[float]]]:
-    """{method(+variant): {pair: [target accuracy per seed]}} from every result file under `out`."""
-    table: dict[str, dict[str, list[float]]] = {}
-    for path in sorted(out.glob("*/*.seed*.json")):
-        rec = json.loads(path.read_text())
-        name = rec["method"] + (f"+{rec['variant']}" if rec.get("variant") else "")
-        table.setdefault(name, {}).setdefault(rec["pair"], []).append(rec["target_accuracy"])
-    return table
-
-
-def summarise(table: dict[str, dict[str, list[float]]]) -> dict:
-    rows = {}
-    for method, pairs in sorted(table.items(), key=lambda kv: (kv[0] != "source_only", kv[0])):
-        cells = {p: {"mean": float(np.mean(v)), "std": float(np.std(v)), "seeds": len(v)} for p, v in pairs.items()}
-        complete = all(p in cells for p in ALL_PAIRS)
-        rows[method] = {"pairs": cells, "average": float(np.mean([cells[p]["mean"] for p in ALL_PAIRS])) if complete else None,
-                        "average_over_run_pairs": float(np.mean([c["mean"] for c in cells.values()]))}
-    base = rows.get("source_only")
-    for method, row in rows.items():
-        if base is None or method == "source_only":
-            continue
-        shared = [p for p in row["pairs"] if p in base["pairs"]]
-        row["vs_source_only"] = {
-            "pairs": len(shared),
-            "better": sum(row["pairs"][p]["mean"] > base["pairs"][p]["mean"] for p in shared),
-            "mean_gain_points": 100 * float(np.mean([row["pairs"][p]["mean"] - base["pairs"][p]["mean"] for p in shared]))
-            if shared else None,
-        }
-    return rows
-
-
-def markdown(rows: dict) -> str:
-    head = ["method", *[p.replace(":", "→") for p in ALL_PAIRS], "avg (12)", "avg (run pairs)", "vs source_only"]
-    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
-    for method, row in rows.items():
-        cells = []
-        for p in ALL_PAIRS:
-            c = row["pairs"].get(p)
-            cells.append("" if c is None else f"{100 * c['mean']:.1f}" + (f" ± {100 * c['std']:.1f}" if c["seeds"] > 1 else ""))
-        vs = row.get("vs_source_only")
-        vs_text = (f"{vs['mean_gain_points']:+.2f} pts, better on {vs['better']}/{vs['pairs']}" if vs and vs["pairs"] else "")
-        avg = f"{100 * row['average']:.1f}" if row["average"] is not None else "–"
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {avg} | {100 * row['average_over_run_pairs']:.1f} | {vs_text} |")
-    seeds = {c["seeds"] for row in rows.values() for c in row["pairs"].values()}
-    lines.append(f"\nTarget test accuracy (%), mean ± std over seeds ({'/'.join(map(str, sorted(seeds)))} seeds per cell).")
-    return "\n".join(lines) + "\n"
-
-
-def heatmap(rows: dict, path: Path) -> None:
-    """Source x target target-accuracy grids, one per method (blank where not run)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(DOMAINS)
-    fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows), 3.2), squeeze=False)
-    for ax, (method, row) in zip(axes[0], rows.items()):
-        grid = np.full((4, 4), np.nan)
-        for p, c in row["pairs"].items():
-            s, t = p.split(":")
-            grid[names.index(s), names.index(t)] = 100 * c["mean"]
-        ax.imshow(grid, vmin=60, vmax=95, cmap="viridis")
-        for i in range(4):
-            for j in range(4):
-                if not np.isnan(grid[i, j]):
-                    ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", fontsize=8,
-                            color="black" if grid[i, j] > 85 else "white")
-        ax.set_xticks(range(4), names)
-        ax.set_yticks(range(4), names)
-        ax.set_xlabel("target")
-        ax.set_ylabel("source")
-        ax.set_title(method, fontsize=9)
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+# The table: adapt.compare renders a sweep directory (also `python -m adapt.report compare OUT`).
 
 
 def write_table(out: Path) -> str:
-    rows = summarise(collect(out))
-    if not rows:
-        return "no results yet\n"
-    text = markdown(rows)
-    atomic_write_text(out / "table.md", text)
-    atomic_write_json(out / "table.json", rows)
-    heatmap(rows, out / "heatmap.png")
-    return text
+    return write_pair_table(out)
 
 
 def main() -> int:

@@ -300,3 +300,25 @@ def test_two_stream_method_resumes_exactly(method, tiny_recipe, tmp_path, monkey
     assert sorted(a) == sorted(b)
     key = "domain" if method == "dann" else "mlm"
     assert max(abs(a[s][key] - b[s][key]) for s in a) < 1e-5
+
+
+@pytest.mark.parametrize("weight", [0.0, 2.5])
+def test_udalm_mixed_objective_is_ce_plus_lambda_mlm(weight, tiny_recipe, tmp_path):
+    out = tmp_path / "udalm"
+    run(load_recipe(tiny_recipe, ["method.name=udalm", *fast("udalm"), f"method.udalm.lambda={weight}",
+                                  f"output_dir={out}"]))
+    mixed = [r for r in log_rows(out) if r.get("phase_name") == "mixed"]
+    assert mixed and all(r["loss"] == pytest.approx(r["ce"] + weight * r["mlm"], rel=1e-5) for r in mixed)
+    mlm_phase = [r for r in log_rows(out) if r.get("phase_name") == "mlm"]
+    assert len(mlm_phase) == 4 and all("ce" not in r for r in mlm_phase)  # MLM only, 4 steps
+
+
+def test_tapt_masks_the_task_texts_and_sequential_trains_target_last(tiny_recipe, tiny_data, tmp_path):
+    run(load_recipe(tiny_recipe, ["method.name=tapt", *fast("tapt"), f"output_dir={tmp_path / 'tapt'}"]))
+    assert json.loads((tmp_path / "tapt" / "mlm" / "mlm.json").read_text())["streams"] == ["source_train"]
+    report = run(load_recipe(tiny_recipe, ["method.name=sequential", "method.target_epochs=2", "train.epochs=1",
+                                           f"data.target.train={tiny_data['target_train']}",
+                                           f"output_dir={tmp_path / 'seq'}"]))
+    phases = report["method_summary"]["phases"]
+    assert [p["name"] for p in phases] == ["source", "target"]
+    assert phases[1]["last_step"] - phases[0]["last_step"] == 2 * 4  # 2 epochs over 32 target rows, batch 8
