@@ -191,8 +191,10 @@ def add_uncertainty(run: RunDir, report: dict) -> dict:
     return {**report, "splits": splits}
 
 
-def write_reports(run: RunDir, report: dict) -> None:
-    """report.md and report.html first, report.json last: report.json marks a finished run."""
+def write_reports(run: RunDir, report: dict) -> dict:
+    """report.md and report.html first, report.json last: report.json marks a finished run.
+
+    Returns the report as written (with the bootstrap intervals and calibration added from the predictions)."""
     from adapt.report_html import render_html  # matplotlib is imported only when a report is written
 
     report = add_uncertainty(run, {**report, "summary": summarize(report["splits"])})
@@ -201,6 +203,7 @@ def write_reports(run: RunDir, report: dict) -> None:
     atomic_write_text(run.report_md, render_markdown(report, log, diagnostics))
     atomic_write_text(run.report_html, render_html(report, log, diagnostics))
     atomic_write_json(run.report_json, report)
+    return report
 
 
 def load_report(run: RunDir) -> dict:

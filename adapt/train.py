@@ -432,7 +432,7 @@ def _run(recipe: Recipe, accelerator: Accelerator, precision_source: str, cwd: P
     report["summary"] = summarize(results)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        write_reports(run, report)
+        report = write_reports(run, report)  # what run() returns is what report.json holds
         shutil.rmtree(run.checkpoints, ignore_errors=True)  # the finished model supersedes them
         shutil.rmtree(run.best, ignore_errors=True)
     push_error = None
