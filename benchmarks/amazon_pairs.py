@@ -33,6 +33,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -168,6 +171,47 @@ def run_method(args, method: str, pair: str, seed: int) -> None:
 # The table: adapt.compare renders a sweep directory (also `python -m adapt.report compare OUT`).
 
 
+def plan(args, methods: list[str], pairs: list[str], seeds: list[int]) -> list[tuple[str, Callable[[], None]]]:
+    """Every (method, pair, seed) whose result is missing, in the order a sweep should take them: the screening
+    pairs first, seed by seed, then the other pairs, seed by seed; within that the methods in the order given (so
+    `dapt` comes before `udalm`, which can then start from its MLM phase). A sweep stopped early has the screen."""
+    todo = []
+    for seed in seeds:
+        for rank, method in enumerate(methods):
+            if method == "source_only":  # one task per source: its model is scored on every target asked for
+                for source in dict.fromkeys(pr.split(":")[0] for pr in pairs):
+                    mine = [pr for pr in pairs if pr.startswith(source + ":")]
+                    if any(not result_path(args, method, pr, seed).exists() for pr in mine):
+                        todo.append(((False, seed, rank), f"source_only {source}:* seed {seed}",
+                                     partial(run_source_only, args, source, mine, seed)))
+                continue
+            for pair in pairs:
+                if not result_path(args, method, pair, seed).exists():
+                    todo.append(((pair not in SCREEN_PAIRS, seed, rank), f"{method} {pair} seed {seed}",
+                                 partial(run_method, args, method, pair, seed)))
+    todo.sort(key=lambda t: t[0])  # stable: pairs keep their order within a key
+    return [(name, fn) for _, name, fn in todo]
+
+
+def execute(todo: list[tuple[str, Callable[[], None]]], jobs: int) -> list[tuple[str, Exception]]:
+    """Run the tasks, `jobs` at a time (each is a training subprocess, so threads suffice). A failed run is
+    reported and the others go on: on a borrowed GPU one bad combination must not waste the rest of the lease."""
+    failures = []
+
+    def one(name: str, fn: Callable[[], None]) -> None:
+        print(f"{name} ...", flush=True)
+        try:
+            fn()
+        except (AdaptError, OSError, KeyError) as err:
+            print(f"FAILED {name}: {err}", flush=True)
+            failures.append((name, err))
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for future in [pool.submit(one, name, fn) for name, fn in todo]:
+            future.result()
+    return failures
+
+
 def write_table(out: Path) -> str:
     return write_pair_table(out)
 
@@ -184,6 +228,9 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "amazon_pairs")
     p.add_argument("--work", type=Path, default=Path("/tmp/adapt-amazon-pairs"), help="run directories (models)")
     p.add_argument("--resume", action="store_true", help="skip (method, pair, seed) results that exist")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="trainings run at once (a GPU has room for several small ones; give each a few CPU threads, "
+                        "e.g. OMP_NUM_THREADS=2). Default 1")
     p.add_argument("--table-only", action="store_true", help="only rebuild the table from the results")
     p.add_argument("overrides", nargs="*", help="recipe overrides for every run (after --)")
     args = p.parse_args()
@@ -201,21 +248,13 @@ def main() -> int:
     if existing and not args.resume:
         p.error(f"{len(existing)} of these results already exist in {args.out}; pass --resume to continue")
     start = time.perf_counter()
-    for seed in seeds:
-        for method in methods:
-            if method == "source_only":
-                for source in dict.fromkeys(pr.split(":")[0] for pr in pairs):
-                    run_source_only(args, source, [pr for pr in pairs if pr.startswith(source + ":")], seed)
-                continue
-            for pair in pairs:
-                if not result_path(args, method, pair, seed).exists():
-                    print(f"{method} {pair} seed {seed} ...", flush=True)
-                    run_method(args, method, pair, seed)
-            print(write_table(args.out), flush=True)
+    failures = execute(plan(args, methods, pairs, seeds), args.jobs)
     print(write_table(args.out))
     print(f"wall time {time.perf_counter() - start:.0f} s; machine: {os.cpu_count()} cores")
     shutil.rmtree(args.work / "tmp", ignore_errors=True)
-    return 0
+    for name, err in failures:
+        print(f"FAILED {name}: {err}", file=sys.stderr)
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ per-pair table built from such result files."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 from pathlib import Path
@@ -73,3 +74,32 @@ def test_benchmark_table_from_result_files(tmp_path):
     assert vs["mean_gain_points"] == pytest.approx(100 * ((0.84 - 0.81) + (0.74 - 0.75)) / 2)
     text = bench.write_table(tmp_path)
     assert "84.0 ± 1.0" in text and (tmp_path / "heatmap.png").stat().st_size > 1000
+
+
+def test_benchmark_plan_takes_the_screen_first_and_skips_what_exists(tmp_path):
+    bench = _load_benchmark()
+    args = argparse.Namespace(out=tmp_path, work=tmp_path / "work", variant=None)
+    done = tmp_path / "dann" / "B-K.seed1.json"
+    done.parent.mkdir(parents=True)
+    done.write_text("{}")
+    names = [name for name, _ in bench.plan(args, ["source_only", "dapt", "dann"], ["B:K", "B:E", "D:E"], [1, 2])]
+    assert names == [
+        # screening pairs (B:K, D:E), seed 1 then seed 2; source_only as one task per source; dann B:K seed 1 exists
+        "source_only B:* seed 1", "source_only D:* seed 1", "dapt B:K seed 1", "dapt D:E seed 1", "dann D:E seed 1",
+        "source_only B:* seed 2", "source_only D:* seed 2", "dapt B:K seed 2", "dapt D:E seed 2", "dann B:K seed 2",
+        "dann D:E seed 2",
+        # then the other pairs
+        "dapt B:E seed 1", "dann B:E seed 1", "dapt B:E seed 2", "dann B:E seed 2",
+    ]
+
+
+def test_benchmark_execute_reports_a_failed_run_and_goes_on(capsys):
+    bench = _load_benchmark()
+    ran = []
+
+    def bad():
+        raise AdaptError("training failed (exit 1)")
+
+    failures = bench.execute([("a", lambda: ran.append("a")), ("b", bad), ("c", lambda: ran.append("c"))], jobs=2)
+    assert sorted(ran) == ["a", "c"] and [(n, str(e)) for n, e in failures] == [("b", "training failed (exit 1)")]
+    assert "FAILED b: training failed" in capsys.readouterr().out
