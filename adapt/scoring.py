@@ -24,9 +24,11 @@ def predict_logits(accelerator: Accelerator, model: torch.nn.Module, ds: Dataset
     with each prediction, and we check that every row came back exactly once.
     """
     # The module-level `prepare_data_loader`: `Accelerator.prepare_data_loader` would also register the loader
-    # for checkpointing, and every evaluation would add one more.
+    # for checkpointing, and every evaluation would add one more. Unlike that method it leaves batches where the
+    # collator made them unless asked (`put_on_device`): on a GPU they must move there.
     loader = prepare_data_loader(eval_loader(ds, batch_size, collate), device=accelerator.device,
-                                 num_processes=accelerator.num_processes, process_index=accelerator.process_index)
+                                 num_processes=accelerator.num_processes, process_index=accelerator.process_index,
+                                 put_on_device=True)
     net = accelerator.unwrap_model(model)  # no DDP hooks needed for inference
     was_training = net.training
     net.eval()
