@@ -273,7 +273,9 @@ class PhaseRunner:
             self.total_steps, self.epochs = self.steps_per_epoch * phase.epochs, phase.epochs
         if phase.lr is not None:
             cfg = dataclasses.replace(cfg, lr=phase.lr)
-        self.optimizer = acc.prepare(build_optimizer(ctx.model, cfg))
+        heads = getattr(acc.unwrap_model(ctx.model), "heads", {})
+        own_lr = {lr: list(heads[name].parameters()) for name, lr in (phase.head_lr or {}).items() if name in heads}
+        self.optimizer = acc.prepare(build_optimizer(ctx.model, cfg, own_lr))
         # Stepped by us once per optimizer step (not passed to prepare, which steps it once per process).
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
         self.params = [p for p in ctx.model.parameters() if p.requires_grad]

@@ -150,6 +150,10 @@ class DannSection:
     gamma: float = _f(10.0, "Steepness of the schedule lambda(p) = lambda_max * (2 / (1 + exp(-gamma p)) - 1).")
     hidden: int = _f(256, "Hidden units of the domain discriminator (an MLP on the pooled representation).")
     lambda_max: float = _f(1.0, "Scale of the reversed gradient at the end of training.")
+    lr: float | None = _f(
+        1e-3, "Peak learning rate of the domain discriminator (null: `train.lr`). The adversary must keep up with "
+              "the encoder: at the encoder's 5e-5 it cannot, and the encoder wins by flipping the domain prediction "
+              "(`domain_acc` falls to 0 in the training log) rather than confusing it, which wrecks the target.")
 
 
 @dataclass(frozen=True)
@@ -607,6 +611,7 @@ def _check_method(recipe: Recipe) -> list[str]:
         ("method.dann.gamma", dann.gamma, dann.gamma > 0, "> 0"),
         ("method.dann.hidden", dann.hidden, dann.hidden >= 1, ">= 1"),
         ("method.dann.lambda_max", dann.lambda_max, dann.lambda_max >= 0, ">= 0"),
+        ("method.dann.lr", dann.lr, dann.lr is None or dann.lr > 0, "> 0 or null"),
         ("method.self_training.rounds", st.rounds, st.rounds >= 1, ">= 1"),
         ("method.self_training.threshold", st.threshold, 0 < st.threshold <= 1, "in (0, 1]"),
         ("method.self_training.max_per_class", st.max_per_class, st.max_per_class is None or st.max_per_class >= 1,

@@ -92,6 +92,37 @@ def test_dann_encoder_gets_reversed_scaled_domain_gradient(tiny_model_dir):
     assert torch.allclose(rev_disc, plain_disc, atol=1e-6)
 
 
+def test_dann_discriminator_learns_at_its_own_rate(tiny_model_dir, tiny_recipe, tmp_path, monkeypatch):
+    """The discriminator's parameters sit in optimizer groups at `method.dann.lr`, the encoder's at `train.lr`,
+    and the schedule scales both alike (an adversary at the encoder's rate loses the game by being flipped)."""
+    from adapt.methods import MethodContext, method_class
+    from adapt.optim import build_optimizer, build_scheduler
+
+    recipe = load_recipe(tiny_recipe, ["method.name=dann", "method.dann.lr=0.002", "train.lr=0.0001"])
+    model = AdaptModel(tiny_classifier(tiny_model_dir), {"domain": DomainDiscriminator(32, 16)})
+    tokenizer = type("Tok", (), {"pad_token_id": 0})()
+    splits = {"source_train": [], "target_unlabeled": []}
+    (phase,) = method_class("dann")().phases(MethodContext(recipe, splits, tokenizer))
+    assert phase.head_lr == {"domain": 0.002}
+    opt = build_optimizer(model, recipe.train, {0.002: list(model.heads["domain"].parameters())})
+    rate = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert all(rate[id(p)] == 0.002 for p in model.heads["domain"].parameters())
+    assert all(rate[id(p)] == 0.0001 for p in model.classifier.parameters())
+    assert opt.param_groups[0]["lr"] == 0.0001  # the encoder's rate is the one the log reports
+    sched = build_scheduler(opt, recipe.train, total_steps=10)
+    assert {g["lr"] / g["initial_lr"] for g in opt.param_groups} == {sched.get_last_lr()[0] / 0.0001}
+    # And the training loop hands the phase's rates to the optimizer.
+    seen = []
+    real_build = adapt.loop.build_optimizer
+    monkeypatch.setattr(adapt.loop, "build_optimizer", lambda m, cfg, own=None: seen.append(own) or real_build(m, cfg, own))
+    run(load_recipe(tiny_recipe, ["method.name=dann", "method.dann.lr=0.002", "train.max_steps=1",
+                                  f"output_dir={tmp_path / 'run'}"]))
+    ((lr, params),) = seen[0].items()
+    assert lr == 0.002 and len(params) == 4  # the discriminator's two weights and two biases
+    off = load_recipe(tiny_recipe, ["method.name=dann", "method.dann.lr=null"])
+    assert method_class("dann")().phases(MethodContext(off, splits, tokenizer))[0].head_lr is None
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Masked LM.
 

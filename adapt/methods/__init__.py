@@ -56,6 +56,7 @@ class Phase:
     select: bool = True  # evaluate the selection split and keep the best weights
     max_steps: int | None = None  # a budget in optimizer steps instead of whole epochs (MLM phases)
     lr: float | None = None  # peak learning rate of this phase (default: train.lr)
+    head_lr: dict[str, float] | None = None  # peak learning rate of a method's head, by name in `heads()`
     after: Callable[[Any], None] | None = None  # called with the loop context on every process when the phase ends
 
 

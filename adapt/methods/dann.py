@@ -57,4 +57,5 @@ class Dann(BaseMethod):
         cfg = ctx.recipe.method.dann
         streams = {"labeled": labeled_training_data(ctx), "target": ctx.splits["target_unlabeled"]}
         loss = make_dann_loss(cfg.gamma, cfg.lambda_max, ctx.tokenizer.pad_token_id)
-        return [Phase("adversarial", streams, loss, epochs=ctx.recipe.train.epochs)]
+        return [Phase("adversarial", streams, loss, epochs=ctx.recipe.train.epochs,
+                      head_lr={"domain": cfg.lr} if cfg.lr is not None else None)]
