@@ -39,7 +39,10 @@ def test_run_directory_and_report(tiny_recipe, tmp_path):
     m = on_disk["model"]
     assert m["params_trainable"] == m["params_total"] > 0 and m["finetune"] == "full"
     env = on_disk["environment"]
-    assert env["num_processes"] == 1 and env["mixed_precision"] == "no"
+    import adapt.train
+
+    # `auto`: bf16 where the device computes it natively (a recent GPU), fp32 on this project's CPU.
+    assert env["num_processes"] == 1 and env["mixed_precision"] == adapt.train.resolve_precision("auto")[0]
     assert set(env["data_sha256"]) == {"source_train", "source_dev", "source_test", "target_test", "target_unlabeled"}
     assert on_disk["timing"]["train_samples_per_second"] > 0
 
