@@ -150,8 +150,8 @@ class DannSection:
     gamma: float = _f(10.0, "Steepness of the schedule lambda(p) = lambda_max * (2 / (1 + exp(-gamma p)) - 1).")
     hidden: int = _f(256, "Hidden units of the domain discriminator (an MLP on the pooled representation).")
     lambda_max: float = _f(
-        0.1, "Scale of the reversed gradient at the end of training. 0.1, not Ganin et al.'s 1: under AdamW a 1.0 "
-             "adversary flipped the discriminator and wrecked the target on the Amazon pairs (docs/benchmarks.md).")
+        0.1, "Scale of the reversed gradient at the end of training. 0.1, not Ganin et al.'s 1: on the Amazon pairs "
+             "1.0 flipped the discriminator and wrecked the target, 0.1 kept it confused (docs/benchmarks.md).")
     lr: float | None = _f(
         1e-3, "Peak learning rate of the domain discriminator (null: `train.lr`). The adversary must keep up with "
               "the encoder: at the encoder's 5e-5 it cannot, and the encoder wins by flipping the domain prediction "
