@@ -103,3 +103,35 @@ def test_benchmark_execute_reports_a_failed_run_and_goes_on(capsys):
     failures = bench.execute([("a", lambda: ran.append("a")), ("b", bad), ("c", lambda: ran.append("c"))], jobs=2)
     assert sorted(ran) == ["a", "c"] and [(n, str(e)) for n, e in failures] == [("b", "training failed (exit 1)")]
     assert "FAILED b: training failed" in capsys.readouterr().out
+
+
+def test_significance_pools_the_pairs_a_method_shares_with_source_only(tmp_path):
+    spec = importlib.util.spec_from_file_location("amazon_significance", ROOT / "benchmarks" / "amazon_significance.py")
+    sig = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sig)
+    results, work = tmp_path / "results", tmp_path / "work"
+
+    def run_dir(rel: str, splits: dict[str, tuple[str, list[str]]], labels: list[str]) -> None:
+        """A finished run with one predictions file per split: {split: (target domain, predictions)}."""
+        d = work / rel
+        (d / "predictions").mkdir(parents=True)
+        report = {"splits": {name: {"role": "target", "domain": dom, "kind": "test"} for name, (dom, _) in splits.items()}}
+        (d / "report.json").write_text(json.dumps(report))
+        for name, (dom, preds) in splits.items():
+            rows = [{"id": f"{dom}#{i}", "label": y, "pred": p} for i, (y, p) in enumerate(zip(labels, preds))]
+            (d / "predictions" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    labels = ["pos"] * 5 + ["neg"] * 5
+    # source_only: one model from books scored on kitchen (target_test) and electronics (test_electronics).
+    run_dir("source_only/B-all.seed1", {"target_test": ("kitchen", ["pos"] * 10),
+                                        "test_electronics": ("electronics", labels[:8] + ["pos", "pos"])}, labels)
+    run_dir("dapt/B-K.seed1", {"target_test": ("kitchen", labels)}, labels)  # all right where source_only got 5/10
+    run_dir("dapt/B-E.seed1", {"target_test": ("electronics", labels)}, labels)  # 10/10 against 8/10
+    for pair in ("B-K", "B-E"):
+        (results / "dapt").mkdir(parents=True, exist_ok=True)
+        (results / "dapt" / f"{pair}.seed1.json").write_text(json.dumps({"pair": pair.replace("-", ":"), "seed": 1}))
+    out = sig.pooled(work, results, "dapt")
+    assert out["runs"] == ["B:E.seed1", "B:K.seed1"] and out["examples"] == 20
+    assert out["source_only_accuracy"] == pytest.approx(13 / 20) and out["method_accuracy"] == 1.0
+    test = out["paired_bootstrap"]["accuracy"]
+    assert test["difference"] == pytest.approx(7 / 20) and test["ci95"][0] > 0
