@@ -274,7 +274,10 @@ class PhaseRunner:
         if phase.lr is not None:
             cfg = dataclasses.replace(cfg, lr=phase.lr)
         heads = getattr(acc.unwrap_model(ctx.model), "heads", {})
-        own_lr = {lr: list(heads[name].parameters()) for name, lr in (phase.head_lr or {}).items() if name in heads}
+        own_lr: dict[float, list[torch.nn.Parameter]] = {}
+        for name, lr in (phase.head_lr or {}).items():
+            if name in heads:  # two heads may share a rate
+                own_lr.setdefault(lr, []).extend(heads[name].parameters())
         self.optimizer = acc.prepare(build_optimizer(ctx.model, cfg, own_lr))
         # Stepped by us once per optimizer step (not passed to prepare, which steps it once per process).
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
