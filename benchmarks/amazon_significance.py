@@ -49,7 +49,9 @@ def pooled(work: Path, results: Path, method: str) -> dict | None:
     for rec_path in sorted((results / method).glob("*.json")):
         rec = json.loads(rec_path.read_text())
         pair, seed = rec["pair"], rec["seed"]
-        a_dir, b_dir = run_dir(work, "source_only", pair, seed), run_dir(work, method.split("+")[0], pair, seed)
+        a_dir, b_dir = run_dir(work, "source_only", pair, seed), run_dir(work, method, pair, seed)
+        if not b_dir.exists():  # results refiled under a variant name after the runs (the old DANN runs)
+            b_dir = run_dir(work, method.split("+")[0], pair, seed)
         if not (a_dir / "report.json").exists() or not (b_dir / "report.json").exists():
             continue
         target = DOMAINS[pair.split(":")[1]]

@@ -135,3 +135,9 @@ def test_significance_pools_the_pairs_a_method_shares_with_source_only(tmp_path)
     assert out["source_only_accuracy"] == pytest.approx(13 / 20) and out["method_accuracy"] == 1.0
     test = out["paired_bootstrap"]["accuracy"]
     assert test["difference"] == pytest.approx(7 / 20) and test["ci95"][0] > 0
+    # A variant's runs live under `<method>+<variant>`, not under the plain method's folder.
+    run_dir("dapt+long/B-K.seed1", {"target_test": ("kitchen", ["neg"] * 10)}, labels)
+    (results / "dapt+long").mkdir()
+    (results / "dapt+long" / "B-K.seed1.json").write_text(json.dumps({"pair": "B:K", "seed": 1}))
+    variant = sig.pooled(work, results, "dapt+long")
+    assert variant["runs"] == ["B:K.seed1"] and variant["method_accuracy"] == 0.5
