@@ -143,19 +143,19 @@ def diagnostics_lines(d: dict) -> list[str]:
     return lines
 
 
-def gap_verb(gap: float) -> str:
-    """The source-to-target gap read as a change: a target that scores higher is a gain, not a negative loss."""
-    return "loses" if gap >= 0 else "gains"
+def gap_sentence(s: dict) -> str:
+    """The summary's lead sentence (Markdown), the source-to-target gap read as a change: a target that scores
+    higher is a gain, not a negative loss."""
+    gap = s["transfer_gap"]
+    return (f"Source test accuracy **{_pct(s['source_accuracy'])}**, target test accuracy **{_pct(s['target_accuracy'])}**: "
+            f"the model {'loses' if gap >= 0 else 'gains'} **{abs(100 * gap):.1f} points** when moved to the target domain.")
 
 
 def render_markdown(report: dict, log: list[dict], diagnostics: dict | None = None) -> str:
     m, s, t, env = report["model"], report["summary"], report["timing"], report["environment"]
     lines = [f"# {report.get('name', 'run')}: {report['method']} ({m['finetune']})", ""]
     if "transfer_gap" in s:
-        lines += [
-            f"Source test accuracy **{_pct(s['source_accuracy'])}**, target test accuracy **{_pct(s['target_accuracy'])}**: "
-            f"the model {gap_verb(s['transfer_gap'])} **{abs(100 * s['transfer_gap']):.1f} points** when moved to the "
-            "target domain.", ""]
+        lines += [gap_sentence(s), ""]
     lines += ["| | accuracy | macro-F1 |", "|---|---:|---:|",
               f"| source (test) | {_pct(s.get('source_accuracy'))} | {_pct(s.get('source_macro_f1'))} |",
               f"| target (test) | {_pct(s.get('target_accuracy'))} | {_pct(s.get('target_macro_f1'))} |", ""]

@@ -18,7 +18,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-from adapt.report import _method, _pct, diagnostics_lines, gap_verb, split_order  # noqa: E402
+from adapt.report import _method, _pct, diagnostics_lines, gap_sentence, split_order  # noqa: E402
 
 STYLE = """
 body { font-family: system-ui, -apple-system, Segoe UI, Roboto, sans-serif; max-width: 1100px; margin: 2em auto;
@@ -174,9 +174,7 @@ def render_html(report: dict, log: list[dict], diagnostics: dict | None = None) 
     title = f"{report.get('name', 'run')}: {report['method']} ({m['finetune']})"
     parts = [f"<h1>{html.escape(title)}</h1>"]
     if "transfer_gap" in s:
-        parts.append(f"<p class='lead'>Source test accuracy <b>{_pct(s['source_accuracy'])}</b>, target test accuracy "
-                     f"<b>{_pct(s['target_accuracy'])}</b>: the model {gap_verb(s['transfer_gap'])} "
-                     f"<b>{abs(100 * s['transfer_gap']):.1f} points</b> when moved to the target domain.</p>")
+        parts.append(f"<p class='lead'>{_inline(gap_sentence(s))}</p>")
     splits = report["splits"]
     parts += ["<h2>Results</h2>", _table(
         ["split", "role", "domain", "n", "accuracy [95% CI]", "macro-F1 [95% CI]", "ECE"],
