@@ -50,8 +50,9 @@ def test_sweep_runs_resumes_and_validates_first(tiny_recipe, tmp_path, capsys):
     assert "unknown method" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("amazon_pairs", ROOT / "benchmarks" / "amazon_pairs.py")
+def _load_benchmark(name: str = "amazon_pairs"):
+    """A script under benchmarks/ (not a package) as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -106,9 +107,7 @@ def test_benchmark_execute_reports_a_failed_run_and_goes_on(capsys):
 
 
 def test_significance_pools_the_pairs_a_method_shares_with_source_only(tmp_path):
-    spec = importlib.util.spec_from_file_location("amazon_significance", ROOT / "benchmarks" / "amazon_significance.py")
-    sig = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sig)
+    sig = _load_benchmark("amazon_significance")
     results, work = tmp_path / "results", tmp_path / "work"
 
     def run_dir(rel: str, splits: dict[str, tuple[str, list[str]]], labels: list[str]) -> None:
