@@ -12,6 +12,6 @@ __all__ = ["Recipe", "load_recipe", "run"]
 
 def run(recipe: Recipe) -> dict:
     """Train and evaluate a recipe in this process; returns the report (see `report.json`)."""
-    from adapt.train import run as _run  # heavy imports (torch, transformers) only when training
+    from adapt.training.run import run as _run  # heavy imports (torch, transformers) only when training
 
     return _run(recipe)

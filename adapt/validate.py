@@ -1,7 +1,10 @@
 """Check a recipe without training: print the resolved recipe, or every problem at once (schema, cross-field
 checks, and data paths that do not exist).
 
-    python -m adapt.validate recipes/sentiment.yaml [key=value ...]
+    adapt validate recipes/sentiment.yaml [key=value ...]
+    python -m adapt.validate recipes/sentiment.yaml [key=value ...]     # the same
+
+It imports neither torch nor transformers: it answers in well under a second.
 """
 
 from __future__ import annotations
@@ -9,13 +12,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from adapt.errors import RecipeError, cli_entry
+from adapt.core.cli import cli_entry, parser
+from adapt.core.errors import RecipeError
 from adapt.recipe import load_recipe, recipe_to_yaml
 
 
-def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m adapt.validate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def make_parser(prog: str = "python -m adapt.validate") -> argparse.ArgumentParser:
+    p = parser(prog, __doc__)
     p.add_argument("recipe", help="path to a YAML recipe")
     p.add_argument("overrides", nargs="*", help="dotted `key=value` overrides and `~key` removals")
     return p
@@ -25,7 +28,7 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     recipe = load_recipe(args.recipe, args.overrides)
-    from adapt.data import spec_problems  # imports datasets: only once the recipe itself is valid
+    from adapt.data.specs import spec_problems
 
     problems = spec_problems(recipe)
     if problems:

@@ -38,13 +38,12 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from adapt.core.errors import AdaptError
+from adapt.core.fileio import atomic_write_json
+from adapt.reporting.compare import ALL_PAIRS, DOMAINS, collect, summarise, write_pair_table  # noqa: F401
+from adapt.training.sweep import result_record, run_training
 
-from adapt.compare import ALL_PAIRS, DOMAINS, collect, summarise, write_pair_table  # noqa: E402,F401
-from adapt.errors import AdaptError  # noqa: E402
-from adapt.rundir import atomic_write_json  # noqa: E402
-from adapt.sweep import result_record, run_training  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 SCREEN_PAIRS = ["B:K", "D:E", "E:B", "K:D"]
 METHODS = ["source_only", "dapt", "tapt", "udalm", "dann", "self_training"]
@@ -67,9 +66,9 @@ def pair_overrides(src: str, tgt: str, args) -> list[str]:
 def for_method(overrides: list[str], method: str) -> list[str]:
     """The pass-through overrides that apply to `method`: keys of another method's section (e.g.
     `method.mlm.steps=100` for source_only) are left out, since a recipe refuses keys its method does not use."""
-    from adapt.methods import method_class
+    from adapt.methods import method_spec
 
-    uses = method_class(method).uses
+    uses = method_spec(method).options
     keep = []
     for o in overrides:
         parts = o.lstrip("~").split("=", 1)[0].split(".")

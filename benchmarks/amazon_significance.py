@@ -20,11 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from adapt.evaluation.metrics import paired_bootstrap
+from adapt.reporting.compare import DOMAINS
 
-from adapt.compare import DOMAINS  # noqa: E402
-from adapt.metrics import paired_bootstrap  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def target_predictions(run_dir: Path, target: str) -> dict[str, tuple[str, str]]:

@@ -28,8 +28,8 @@ def main() -> int:
     p.add_argument("--domain", help="keep rows of this domain only")
     p.add_argument("--batch-size", type=int, default=64)
     args = p.parse_args()
-    from adapt.export import export
-    from adapt.inference import load_for_inference, predict_texts
+    from adapt.serving.export import export
+    from adapt.serving.inference import load_for_inference, predict_texts
 
     rows = [json.loads(line) for line in args.data.read_text().splitlines()]
     rows = [r for r in rows if args.domain in (None, r.get("domain"))]

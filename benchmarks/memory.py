@@ -3,7 +3,7 @@
 
     python benchmarks/memory.py [--steps 3] [--max-length 256] [--batch 16]
 
-For each mode, in a fresh subprocess: build the classifier as `adapt` does (`adapt.modeling`), train a few AdamW
+For each mode, in a fresh subprocess: build the classifier as `adapt` does (`adapt.model`), train a few AdamW
 steps on random tokens, then count the training state — parameters + gradients + optimizer state, in bytes —
 and the process's peak RSS. Prints both and the LoRA / full ratios.
 """
@@ -17,8 +17,9 @@ import sys
 
 CHILD = """
 import json, resource, sys, torch
-from adapt.modeling import apply_finetune, load_classifier, resolve_model
-from adapt.optim import build_optimizer
+from adapt.model.finetune import apply_finetune
+from adapt.model.loading import load_classifier, resolve_model
+from adapt.training.optim import build_optimizer
 from adapt.recipe import load_recipe
 mode, steps, length, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 recipe = load_recipe(None, ["data.source.train=x", "data.source.test=x", "data.target.test=x", f"model.finetune={mode}"])

@@ -182,7 +182,7 @@ def main() -> int:
     p.add_argument("--resume", action="store_true", help="keep rows already in --out")
     p.add_argument("--force-bf16", action="store_true", help="run bf16 rows even where bf16 is emulated")
     args = p.parse_args()
-    from adapt.carve import carve_dir
+    from adapt.data.carve import carve_dir
 
     work = Path(tempfile.mkdtemp(prefix="adapt-speed-"))
     carve_dir(args.data_dir, work / "carve", [args.domain])

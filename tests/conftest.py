@@ -113,7 +113,10 @@ def tiny_recipe(tiny_model_dir, tiny_data, tmp_path) -> Path:
             "dev_fraction": 0.25,
         },
         "model": {"name_or_path": str(tiny_model_dir)},
-        "train": {"epochs": 4, "batch_size": 8, "lr": 5e-3, "warmup_ratio": 0.0, "checkpoint_every_steps": 1000},
+        # fp32 on every machine: tests compare a saved model's predictions with the run's to 1e-5, and `auto`
+        # picks bf16 autocast on CPUs with AVX512-BF16, which moves probabilities by ~1e-4.
+        "train": {"epochs": 4, "batch_size": 8, "lr": 5e-3, "warmup_ratio": 0.0, "checkpoint_every_steps": 1000,
+                  "mixed_precision": "no"},
         "eval": {"batch_size": 4},
         "report": {"log_every_steps": 1},
     }
@@ -129,7 +132,7 @@ def train_tiny(tmp: Path, model: str | Path, data: dict[str, Path], overrides: l
     import yaml
 
     from adapt import load_recipe
-    from adapt.train import run
+    from adapt.training.run import run
 
     recipe = {
         "seed": 0,
@@ -137,7 +140,8 @@ def train_tiny(tmp: Path, model: str | Path, data: dict[str, Path], overrides: l
                  "target": {"test": str(data["target_test"]), "domain": "kitchen"},
                  "max_length": 32, "dev_fraction": 0.25},
         "model": {"name_or_path": str(model)},
-        "train": {"epochs": 12, "batch_size": 8, "lr": 2e-3, "warmup_ratio": 0.0, "checkpoint_every_steps": 1000},
+        "train": {"epochs": 12, "batch_size": 8, "lr": 2e-3, "warmup_ratio": 0.0, "checkpoint_every_steps": 1000,
+                  "mixed_precision": "no"},  # fp32 on every machine, as in `tiny_recipe`
         "eval": {"batch_size": 4},
     }
     path = tmp / "tiny.yaml"

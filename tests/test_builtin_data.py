@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from adapt import builtin_data
-from adapt.data import read_spec
-from adapt.errors import AdaptError
+import adapt.builtin_data as builtin_command
+from adapt.core.errors import AdaptError
+from adapt.data import builtin as builtin_data
+from adapt.data.splits import read_spec
 
 CARD = Path(__file__).resolve().parent.parent / "data_cards" / "builtin_reviews.md"
 
@@ -21,7 +22,7 @@ def test_output_matches_the_hashes_in_the_data_card(tmp_path):
     """A change to the generator must bump VERSION (caches are keyed by it) and update the card."""
     documented = dict(re.findall(r"\| `(\w+)\.jsonl` \| [\d,]+ \| `([0-9a-f]{64})` \|", CARD.read_text()))
     assert set(documented) == {"train", "test", "unlabeled"}
-    assert builtin_data.main(["--out", str(tmp_path)]) == 0
+    assert builtin_command.main(["--out", str(tmp_path)]) == 0
     for split, digest in documented.items():
         assert hashlib.sha256((tmp_path / f"{split}.jsonl").read_bytes()).hexdigest() == digest, split
 

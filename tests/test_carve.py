@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from adapt import carve
-from adapt.data import load_splits, read_spec, spec_problems
-from adapt.errors import AdaptError
+import adapt.carve as carve_command
+from adapt.core.errors import AdaptError
+from adapt.data import carve
+from adapt.data.specs import spec_problems
+from adapt.data.splits import load_splits, read_spec
 from adapt.recipe import load_recipe
 
 ROWS_PER_LABEL = 240  # enough for the default 100 + 100 per label that the recipe scheme carves
@@ -160,11 +162,11 @@ def test_refuses_to_write_over_its_inputs(data_dir):
 
 
 def test_cli_prints_one_line_per_file(data_dir, tmp_path, capsys):
-    assert carve.main(["--data-dir", str(data_dir), "--out", str(tmp_path), "--domains", "books,kitchen"]) == 0
+    assert carve_command.main(["--data-dir", str(data_dir), "--out", str(tmp_path), "--domains", "books,kitchen"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"{tmp_path / 'books.train.jsonl'}\t80 rows\tlabels 0: 40, 1: 40"
     assert len(lines) == 7 and lines[-1].startswith(f"{tmp_path / 'carve.json'}")
-    assert carve.main(["--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
+    assert carve_command.main(["--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
     assert "error: missing Amazon input file" in capsys.readouterr().err
 
 

@@ -11,9 +11,9 @@ import pytest
 from datasets import Dataset
 from transformers import AutoTokenizer
 
-from adapt.data import load_splits
-from adapt.errors import AdaptError
-from adapt.features import Collator, LengthGroupedBatchSampler, tokenize
+from adapt.core.errors import AdaptError
+from adapt.data.features import Collator, LengthGroupedBatchSampler, tokenize
+from adapt.data.splits import load_splits
 from adapt.recipe import DataConfig, load_recipe
 
 
@@ -312,13 +312,13 @@ def test_collator_pads_to_a_multiple_of_eight():
 
 
 def test_amazon_unlabeled_normalisation_matches_that_style(tiny_recipe, tmp_path):
-    from adapt.data import amazon_unlabeled_style
+    from adapt.data.splits import amazon_unlabeled_style
 
     raw = 'I don\'t like it! The APC Back-UPS ES 500s is "great", really. It\'s 5 stars.'
     assert amazon_unlabeled_style(raw) == "i do n't like it ! the apc es is '' great '' really it 's 5 stars"
     assert amazon_unlabeled_style(amazon_unlabeled_style(raw)) == amazon_unlabeled_style(raw)  # idempotent
 
-    from adapt.data import load_splits
+    from adapt.data.splits import load_splits
 
     splits, _ = load_splits(load_recipe(tiny_recipe, ["data.normalize=amazon_unlabeled"]))
     texts = splits["source_test"].dataset["text"]

@@ -14,7 +14,7 @@ import pytest
 
 from adapt import load_recipe
 from adapt.evaluate_run import main as evaluate_main
-from adapt.train import run
+from adapt.training.run import run
 
 
 def accelerate_launch(args: list[str]) -> subprocess.CompletedProcess:
@@ -87,8 +87,8 @@ def test_launched_processes_that_do_not_form_one_run_are_refused(monkeypatch):
     same directory, so the run stops before touching anything."""
     import pytest
 
-    import adapt.train
-    from adapt.errors import AdaptError
+    import adapt.training.run
+    from adapt.core.errors import AdaptError
 
     class LoneAccelerator:
         num_processes = 1
@@ -97,7 +97,7 @@ def test_launched_processes_that_do_not_form_one_run_are_refused(monkeypatch):
             pass
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setattr(adapt.train, "Accelerator", LoneAccelerator)
+    monkeypatch.setattr(adapt.training.accelerator, "Accelerator", LoneAccelerator)
     recipe = load_recipe(None, ["data.source.train=a.jsonl", "data.source.test=b.jsonl", "data.target.test=c.jsonl"])
     with pytest.raises(AdaptError, match="ACCELERATE_USE_CPU=true accelerate launch --multi_gpu"):
-        adapt.train.setup_accelerator(recipe)
+        adapt.training.accelerator.setup_accelerator(recipe)

@@ -11,11 +11,13 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
-import adapt.train
-from adapt.errors import AdaptError
-from adapt.modeling import apply_finetune, load_classifier, load_saved_model, resolve_model
+import adapt.training.run
+from adapt.core.errors import AdaptError
+from adapt.model.finetune import apply_finetune
+from adapt.model.loading import load_classifier, resolve_model
+from adapt.model.saving import load_saved_model
 from adapt.recipe import LoraSection, ModelConfig, load_recipe
-from adapt.train import run
+from adapt.training.run import run
 
 LABELS = ["negative", "positive"]
 
@@ -55,13 +57,13 @@ def changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor], pre
 def initial_weights(monkeypatch) -> dict[str, torch.Tensor]:
     """Filled by a run with the classifier's weights as built, before any training (the head is random)."""
     captured: dict[str, torch.Tensor] = {}
-    real = adapt.train.apply_finetune
+    real = adapt.training.run.apply_finetune
 
     def spy(model: torch.nn.Module, cfg: ModelConfig):
         captured.update({k: v.detach().clone() for k, v in model.state_dict().items()})
         return real(model, cfg)
 
-    monkeypatch.setattr(adapt.train, "apply_finetune", spy)
+    monkeypatch.setattr(adapt.training.run, "apply_finetune", spy)
     return captured
 
 

@@ -17,13 +17,13 @@ import pytest
 from conftest import train_tiny
 from huggingface_hub import ModelCard
 
-import adapt.hub
-import adapt.inference
-import adapt.train
+import adapt.hub.push
+import adapt.serving.inference
+import adapt.training.run
 from adapt import load_recipe
-from adapt.errors import AdaptError
-from adapt.hub import main as hub_main
-from adapt.modeling import set_adapter_base
+from adapt.core.errors import AdaptError
+from adapt.hub.__main__ import main as hub_main
+from adapt.model.saving import set_adapter_base
 from adapt.predict import main as predict_main
 
 TOKEN = "hf_secret_token_value"
@@ -71,7 +71,7 @@ def fake_hub(monkeypatch) -> type[FakeApi]:
 
     FakeApi.calls, FakeApi.repos, FakeApi.uploaded = [], {"someone/public": False}, {}
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
-    monkeypatch.setattr(adapt.hub, "hub_reachable", lambda: True)
+    monkeypatch.setattr(adapt.hub.push, "hub_reachable", lambda: True)
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     return FakeApi
 
@@ -160,7 +160,7 @@ def assert_no_token(*places: Path | str | bytes) -> None:
 
 def test_recipe_push_uploads_model_reports_and_card_in_one_commit(tiny_recipe, tmp_path, fake_hub, capsys):
     out = tmp_path / "run"
-    adapt.train.run(load_recipe(tiny_recipe, [f"output_dir={out}", "train.epochs=1", "hub.push=true",
+    adapt.training.run.run(load_recipe(tiny_recipe, [f"output_dir={out}", "train.epochs=1", "hub.push=true",
                                               "hub.repo_id=someone/tiny", "hub.private=true"]))
     assert [c[0] for c in fake_hub.calls] == ["create_repo", "repo_info", "upload_folder"]  # no branch for main
     assert fake_hub.calls[0] == ("create_repo", "someone/tiny", True, True)
@@ -206,7 +206,7 @@ def test_push_offline_fails_fast_and_uploads_nothing(full_run, no_hub, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: cannot push to the Hub repository 'someone/tiny'") and "nothing was uploaded" in err
     with pytest.raises(AdaptError, match="nothing was uploaded"):
-        adapt.hub.push_run(full_run, "someone/tiny")
+        adapt.hub.push.push_run(full_run, "someone/tiny")
 
 
 def test_push_without_a_token_says_how_to_log_in(full_run, fake_hub, monkeypatch, capsys):
@@ -273,7 +273,7 @@ def test_dry_run_of_a_full_model_loads_with_transformers(full_run, tiny_data, no
     assert_no_token(folder)
 
 
-# peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` while loading (adapt.modeling filters it too).
+# peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` while loading (adapt.model.loading filters it too).
 @pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 def test_dry_run_of_a_lora_run_loads_with_peft(lora_run, tiny_data, tiny_model_dir, no_hub, tmp_path, capsys):
     from peft import AutoPeftModelForSequenceClassification
@@ -346,9 +346,9 @@ def test_minilm_adapter_records_the_hub_id_and_loads_offline(tiny_data, no_hub, 
 
 @pytest.fixture()
 def pushed_lora(lora_run, no_hub, tmp_path) -> Iterator[Path]:
-    adapt.inference.download_model.cache_clear()
+    adapt.serving.inference.download_model.cache_clear()
     yield dry_run(lora_run, tmp_path / "pushed")
-    adapt.inference.download_model.cache_clear()
+    adapt.serving.inference.download_model.cache_clear()
 
 
 @pytest.mark.parametrize("online", [False, True])
@@ -362,7 +362,7 @@ def test_predict_downloads_a_hub_id(pushed_lora, lora_run, tiny_data, monkeypatc
         return str(pushed_lora)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
-    monkeypatch.setattr(adapt.inference, "hub_reachable", lambda: online)
+    monkeypatch.setattr(adapt.serving.inference, "hub_reachable", lambda: online)
     texts = target_texts(tiny_data)
     assert np.abs(predict_probs("someone/tiny", texts, tmp_path) - run_probs(lora_run)).max() < 1e-4
     # Offline, only the local cache is read; the id is resolved once although predict checks it first.

@@ -12,21 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-import adapt.loop
+import adapt.training.loop
 from adapt import load_recipe
-from adapt.errors import AdaptError, RecipeError, RunInterrupted
-from adapt.heads import (
-    AdaptModel,
-    DomainDiscriminator,
-    MlmHead,
-    load_pretrained_mlm_head,
-    mask_tokens,
-    reverse_gradient,
-)
+from adapt.core.errors import AdaptError, RecipeError, RunInterrupted
 from adapt.methods import available_methods
-from adapt.methods.dann import dann_lambda
-from adapt.methods.self_training import select_pseudo_labels
-from adapt.train import run
+from adapt.methods.dann.method import DomainDiscriminator, dann_lambda, reverse_gradient
+from adapt.methods.mlm.head import MlmHead, load_pretrained_mlm_head, mask_tokens
+from adapt.methods.self_training.method import select_pseudo_labels
+from adapt.model.heads import AdaptModel
+from adapt.training.run import run
 
 ROOT = Path(__file__).resolve().parent.parent
 MLM_METHODS = ("dapt", "tapt", "udalm")
@@ -81,8 +75,8 @@ def test_dann_encoder_gets_reversed_scaled_domain_gradient(tiny_model_dir):
 
     def grads(scale: float) -> tuple[torch.Tensor, torch.Tensor]:
         model.zero_grad()
-        out = model(input_ids=ids, attention_mask=mask, domain_scale=scale)
-        torch.nn.functional.binary_cross_entropy_with_logits(out.domain_logits, domain).backward()
+        out = model(input_ids=ids, attention_mask=mask, heads={"domain": scale})
+        torch.nn.functional.binary_cross_entropy_with_logits(out.heads["domain"], domain).backward()
         return enc.grad.clone(), disc.grad.clone()
 
     plain_enc, plain_disc = grads(-1.0)  # reversing with -1 is the ordinary gradient
@@ -95,8 +89,9 @@ def test_dann_encoder_gets_reversed_scaled_domain_gradient(tiny_model_dir):
 def test_dann_discriminator_learns_at_its_own_rate(tiny_model_dir, tiny_recipe, tmp_path, monkeypatch):
     """The discriminator's parameters sit in optimizer groups at `method.dann.lr`, the encoder's at `train.lr`,
     and the schedule scales both alike (an adversary at the encoder's rate loses the game by being flipped)."""
-    from adapt.methods import MethodContext, method_class
-    from adapt.optim import build_optimizer, build_scheduler
+    from adapt.methods import method_class
+    from adapt.methods.base import MethodContext
+    from adapt.training.optim import build_optimizer, build_scheduler
 
     recipe = load_recipe(tiny_recipe, ["method.name=dann", "method.dann.lr=0.002", "train.lr=0.0001"])
     model = AdaptModel(tiny_classifier(tiny_model_dir), {"domain": DomainDiscriminator(32, 16)})
@@ -113,8 +108,8 @@ def test_dann_discriminator_learns_at_its_own_rate(tiny_model_dir, tiny_recipe, 
     assert {g["lr"] / g["initial_lr"] for g in opt.param_groups} == {sched.get_last_lr()[0] / 0.0001}
     # And the training loop hands the phase's rates to the optimizer.
     seen = []
-    real_build = adapt.loop.build_optimizer
-    monkeypatch.setattr(adapt.loop, "build_optimizer", lambda m, cfg, own=None: seen.append(own) or real_build(m, cfg, own))
+    real_build = adapt.training.loop.build_optimizer
+    monkeypatch.setattr(adapt.training.loop, "build_optimizer", lambda m, cfg, own=None: seen.append(own) or real_build(m, cfg, own))
     run(load_recipe(tiny_recipe, ["method.name=dann", "method.dann.lr=0.002", "train.max_steps=1",
                                   f"output_dir={tmp_path / 'run'}"]))
     ((lr, params),) = seen[0].items()
@@ -229,7 +224,7 @@ def test_l2sp_anchors_encoder_only_and_pulls_towards_start(tiny_recipe, tmp_path
 def test_l2sp_gradient_is_two_lambda_delta():
     p = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
     anchor = torch.tensor([0.5, 0.0])
-    (0.3 * adapt.loop.l2sp_penalty([(p, anchor)])).backward()
+    (0.3 * adapt.training.loop.l2sp_penalty([(p, anchor)])).backward()
     assert torch.allclose(p.grad, 2 * 0.3 * (p.detach() - anchor))
 
 
@@ -265,7 +260,7 @@ def test_method_runs_with_each_finetune_mode(method, finetune, tiny_recipe, tiny
     assert LOSSES[method] <= logged
     assert report["method"] == method and 0 <= report["summary"]["target_accuracy"] <= 1
     # The saved model is the classifier alone: training-only heads are not part of it.
-    from adapt.inference import load_for_inference
+    from adapt.serving.inference import load_for_inference
 
     loaded = load_for_inference(out)
     assert not any(n.startswith("heads.") for n, _ in loaded.model.named_parameters())
@@ -320,11 +315,11 @@ def test_two_stream_method_resumes_exactly(method, tiny_recipe, tmp_path, monkey
     full = tmp_path / "full"
     run(load_recipe(tiny_recipe, [*base, f"output_dir={full}"]))
     part = tmp_path / "part"
-    real = adapt.loop._stop_agreed
-    monkeypatch.setattr(adapt.loop, "_stop_agreed", lambda ctx: ctx.state.global_step == 9 or real(ctx))
+    real = adapt.training.loop._stop_agreed
+    monkeypatch.setattr(adapt.training.loop, "_stop_agreed", lambda ctx: ctx.state.global_step == 9 or real(ctx))
     with pytest.raises(RunInterrupted):
         run(load_recipe(tiny_recipe, [*base, f"output_dir={part}"]))
-    monkeypatch.setattr(adapt.loop, "_stop_agreed", real)
+    monkeypatch.setattr(adapt.training.loop, "_stop_agreed", real)
     run(load_recipe(tiny_recipe, [*base, f"output_dir={part}"]))
     a = {r["global_step"]: r for r in log_rows(full) if "loss" in r}
     b = {r["global_step"]: r for r in log_rows(part) if "loss" in r}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from adapt.metrics import classification_metrics
+from adapt.evaluation.metrics import classification_metrics
 
 # 7 examples, 3 classes; class `c` is never predicted.
 Y_TRUE = np.array([0, 0, 0, 1, 1, 2, 2])

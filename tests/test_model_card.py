@@ -1,4 +1,4 @@
-"""`adapt.model_card`: the card is a pure function of the run directory; here a hand-made one whose recipe names a
+"""`adapt.reporting.model_card`: the card is a pure function of the run directory; here a hand-made one whose recipe names a
 Hub dataset, the built-in corpus and a local file (the end-to-end cards are checked in test_hub.py)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import yaml
 from huggingface_hub import ModelCard
 
-from adapt.model_card import build_model_card, data_card_summary, hub_model_id
+from adapt.reporting.model_card import build_model_card, data_card_summary, hub_model_id
 
 
 def split(role: str, domain: str, kind: str, acc: float, f1: float) -> dict:

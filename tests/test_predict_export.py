@@ -15,8 +15,8 @@ import torch
 from conftest import train_tiny
 
 from adapt.export import main as export_main
-from adapt.inference import load_for_inference, predict_texts
 from adapt.predict import main as predict_main
+from adapt.serving.inference import load_for_inference, predict_texts
 
 LABELS = ["negative", "positive"]
 
@@ -117,20 +117,20 @@ def test_stdin_plain_text_and_json_lines_to_stdout(full_run, test_rows, monkeypa
 
 
 def test_output_is_in_input_order_although_batches_are_sorted_by_length(full_run, monkeypatch, tmp_path):
-    import adapt.inference
+    import adapt.serving.inference
 
     words = "gripping boring sturdy flimsy the very really quite".split()
     rng = np.random.default_rng(0)
     texts = [" ".join(rng.choice(words, size=n)) for n in (1, 20, 3, 14, 2, 25, 8, 1, 17, 5)]
     seen: list[list[int]] = []
-    real = adapt.inference.eval_loader
+    real = adapt.serving.inference.eval_loader
 
     def spy(ds, batch_size, collate):
         loader = real(ds, batch_size, collate)
         seen.extend(b["idx"].tolist() for b in loader)
         return loader
 
-    monkeypatch.setattr(adapt.inference, "eval_loader", spy)
+    monkeypatch.setattr(adapt.serving.inference, "eval_loader", spy)
     path = write_jsonl(tmp_path / "mixed.jsonl", [{"id": i, "text": t} for i, t in enumerate(texts)])
     out = predict_file(full_run, path, tmp_path, "--batch-size", "3")
     assert seen[0] != [0, 1, 2], "batches should follow length, not input order"
@@ -362,7 +362,7 @@ def test_bad_run_dirs_and_paths(full_run, tmp_path, capsys):
 
 
 def test_int8_quantisation_keeps_the_head_in_fp32_and_the_original_intact(full_run):
-    from adapt.export import int8_plan, quantize_int8
+    from adapt.serving.int8 import int8_plan, quantize_int8
 
     m = load_for_inference(full_run).model
     q = quantize_int8(m, int8_plan(m))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from adapt.recipe_docs import render
+from adapt.recipe.docs import render
 
 ROOT = Path(__file__).resolve().parent.parent
 

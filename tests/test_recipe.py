@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from adapt.errors import RecipeError
+from adapt.core.errors import RecipeError
 from adapt.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parent.parent

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from adapt import load_recipe
-from adapt.errors import RecipeError
-from adapt.metrics import bootstrap_ci, calibration, paired_bootstrap
+from adapt.core.errors import RecipeError
+from adapt.evaluation.metrics import bootstrap_ci, calibration, paired_bootstrap
 from adapt.report import main as report_main
-from adapt.train import run
+from adapt.training.run import run
 
 
 def read_jsonl(path: Path) -> list[dict]:

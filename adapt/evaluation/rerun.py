@@ -1,0 +1,77 @@
+"""Score a finished run again: on its own dev and test splits, or on labelled test splits it never saw
+(`adapt evaluate RUN_DIR --test NAME=PATH`); results merge into its report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from adapt.core.errors import AdaptError
+from adapt.core.rundir import RunDir
+from adapt.data.features import Collator, tokenize, tokenize_splits
+from adapt.data.splits import load_extra_split, load_splits
+from adapt.evaluation.diagnostics import write_diagnostics
+from adapt.evaluation.scoring import evaluate_all, score_split
+from adapt.model.loading import resolve_model
+from adapt.model.saving import load_saved_model
+from adapt.recipe import load_recipe
+from adapt.reporting.report import load_report, write_reports
+from adapt.training.accelerator import setup_accelerator, shutdown
+
+
+def evaluate_run(run_dir: Path, tests: list[dict], diagnostics: bool = False) -> dict:
+    """Score a finished run on its own splits (no `tests`) or on the extra `tests`, and recompute diagnostics.json
+    when asked; returns the updated report."""
+
+
+    run = RunDir(run_dir)
+    report = load_report(run)
+    if not run.model.is_dir():
+        raise AdaptError(f"{run_dir} has no model/ directory to evaluate")
+    recipe = load_recipe(run.recipe)
+    reserved = [t["name"] for t in tests if t["name"] in ("source_train", "target_train", "target_unlabeled")]
+    if reserved:
+        raise AdaptError(f"--test name(s) {reserved} are reserved for training splits; choose other names")
+    accelerator, _ = setup_accelerator(recipe)
+    try:
+        labels = report["labels"]
+        if tests:
+            splits = {t["name"]: load_extra_split(t["path"], t["name"], t["role"], t["domain"], recipe.data, labels)
+                      for t in tests}
+        else:
+            splits = {n: s for n, s in load_splits(recipe)[0].items() if n.endswith(("_dev", "_test"))}
+        model = accelerator.prepare(load_saved_model(run.model))
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(run.model))
+        tokenized = tokenize_splits(splits, tokenizer, recipe, accelerator)
+        collate = Collator(tokenizer.pad_token_id)
+        results = _score(accelerator, model, splits, tokenized, labels, recipe, run, collate, extra=bool(tests))
+        report["splits"].update(results)
+        if diagnostics and accelerator.is_main_process:
+            _diagnostics(run, recipe, report, accelerator.unwrap_model(model), tokenizer, accelerator)
+        if accelerator.is_main_process:
+            write_reports(run, report)
+        accelerator.wait_for_everyone()
+        return load_report(run)
+    finally:
+        shutdown(accelerator)
+
+
+def _diagnostics(run: RunDir, recipe, report: dict, model, tokenizer, accelerator) -> None:
+
+    splits = load_splits(recipe)[0]
+    tokenized = {n: tokenize(splits[n].dataset, tokenizer, recipe.data, n) for n in ("source_test", "target_test")}
+    write_diagnostics(run, model, resolve_model(report["model"]["name_or_path"]), splits, tokenized, recipe,
+                      Collator(tokenizer.pad_token_id), accelerator.device)
+
+
+def _score(accelerator, model, splits, tokenized, labels, recipe, run, collate, extra: bool) -> dict:
+
+    if not extra:
+        return evaluate_all(accelerator, model, splits, tokenized, labels, recipe, run, collate)[0]
+    out = {}
+    for name, split in splits.items():
+        entry, _ = score_split(accelerator, model, split, tokenized[name], labels, recipe.eval.batch_size, collate,
+                               run if recipe.report.predictions else None)
+        out[name] = {**entry, "kind": "test", "source": split.spec, "num_processes": accelerator.num_processes}
+    return out

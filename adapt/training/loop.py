@@ -1,0 +1,453 @@
+"""The training loop: generic over methods (a method supplies phases, streams and a loss; the loop only loops).
+
+It owns gradient accumulation, clipping, the schedule, logging, model selection on the dev split, early
+stopping, checkpoints (periodic and on SIGTERM/SIGINT) and resuming from them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from datasets import Dataset
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from adapt.core.errors import RunInterrupted
+from adapt.core.fileio import atomic_write_json
+from adapt.core.rundir import CHECKPOINT_PREFIX, RunDir
+from adapt.data.features import Collator, train_loader
+from adapt.data.splits import Split
+from adapt.evaluation.scoring import score_split
+from adapt.methods.base import Phase, StepInfo
+from adapt.recipe import Recipe
+from adapt.training.optim import build_optimizer, build_scheduler
+
+
+@dataclass
+class TrainState:
+    """Everything the loop needs to continue exactly where a checkpoint left off."""
+
+    phase: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0  # micro-batches of the main stream consumed in the current epoch
+    step: int = 0  # optimizer steps in the current phase
+    global_step: int = 0  # optimizer steps over all phases
+    best_value: float | None = None
+    best_step: int | None = None
+    evals_since_best: int = 0
+    last_eval_step: int = -1
+    stopped_early: bool = False
+    samples: int = 0  # training examples processed, over all processes
+    real_tokens: int = 0  # non-padding tokens processed, over all processes
+    padded_tokens: int = 0  # tokens including padding
+    sum_len_sq: int = 0  # sum over sequences of length^2 (attention FLOPs grow with it)
+    train_seconds: float = 0.0  # time in training steps (not evaluation or checkpoint writes)
+    epochs_run: int = 0
+    aux_batches: dict[str, int] = field(default_factory=dict)  # batches drawn from each auxiliary stream this phase
+
+    def state_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
+
+
+@dataclass
+class LoopContext:
+    accelerator: Accelerator
+    recipe: Recipe
+    model: torch.nn.Module
+    run: RunDir
+    collate: Collator
+    label_names: list[str]
+    select_split: Split
+    select_tokenized: Dataset
+    state: TrainState = field(default_factory=TrainState)
+    stop_requested: bool = False
+    # L2-SP: (parameter, its value at the start) for the pretrained encoder weights that train.
+    l2sp_anchors: list[tuple[torch.nn.Parameter, torch.Tensor]] = field(default_factory=list)
+
+
+class _StopSignals:
+    """On SIGTERM/SIGINT, ask the loop to checkpoint and stop at the next optimizer step."""
+
+    def __init__(self, ctx: LoopContext):
+        self.ctx, self.previous = ctx, {}
+
+    def __enter__(self) -> _StopSignals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(ValueError):  # not the main thread: signals stay as they are
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.ctx.stop_requested = True
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _stop_agreed(ctx: LoopContext) -> bool:
+    """Whether any process was asked to stop. With several processes all must agree, or DDP would hang; that
+    agreement is a collective and a host sync, so it is reached every 10 steps rather than every step."""
+    if ctx.accelerator.num_processes == 1:
+        return ctx.stop_requested
+    if ctx.state.global_step % 10:
+        return False
+    flag = torch.tensor([float(ctx.stop_requested)], device=ctx.accelerator.device)
+    return bool(ctx.accelerator.reduce(flag, "max").item())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checkpoints and best weights.
+
+
+def save_checkpoint(ctx: LoopContext) -> Path:
+    """`accelerator.save_state` into a temporary directory renamed into place: a checkpoint is complete or absent."""
+    acc, run = ctx.accelerator, ctx.run
+    final = run.checkpoints / f"{CHECKPOINT_PREFIX}{ctx.state.global_step:08d}"
+    tmp = run.checkpoints / f".tmp-{final.name}"
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    acc.wait_for_everyone()
+    acc.save_state(str(tmp))
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        atomic_write_json(tmp / "train_state.json", ctx.state.state_dict())
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        run.prune_checkpoints(ctx.recipe.train.keep_checkpoints)
+    acc.wait_for_everyone()
+    return final
+
+
+def _trainable_state(ctx: LoopContext) -> dict[str, torch.Tensor]:
+    net = ctx.accelerator.unwrap_model(ctx.model)
+    return {n: p.detach().cpu().clone().contiguous() for n, p in net.named_parameters() if p.requires_grad}
+
+
+def _save_best(ctx: LoopContext) -> None:
+    # Only the trainable parameters change, so they are all that model selection needs to keep.
+    if ctx.accelerator.is_main_process:
+        ctx.run.best.mkdir(parents=True, exist_ok=True)
+        tmp = ctx.run.best / ".weights.tmp"
+        save_file(_trainable_state(ctx), str(tmp))
+        tmp.replace(ctx.run.best / "weights.safetensors")
+    ctx.accelerator.wait_for_everyone()
+
+
+def restore_best(ctx: LoopContext) -> None:
+    path = ctx.run.best / "weights.safetensors"
+    if not path.exists():
+        return
+    net = ctx.accelerator.unwrap_model(ctx.model)
+    weights = load_file(str(path))
+    with torch.no_grad():
+        for n, p in net.named_parameters():
+            if n in weights:
+                p.copy_(weights[n].to(p.device))
+
+
+def log_record(ctx: LoopContext, record: dict) -> None:
+    """A train_log.jsonl line (main process), also sent to the recipe's trackers (`report.trackers`)."""
+    ctx.run.append_log(record)
+    if ctx.recipe.report.trackers:
+        values = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                  and k not in ("phase", "global_step")}
+        ctx.accelerator.log(values, step=record["global_step"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Evaluation during training.
+
+
+def evaluate_selection(ctx: LoopContext) -> None:
+    """Score the selection split; keep the best weights; count evaluations without improvement."""
+    cfg, state = ctx.recipe, ctx.state
+    if state.last_eval_step == state.global_step:  # an epoch ended on a step that was just evaluated
+        return
+    state.last_eval_step = state.global_step
+    entry, _ = score_split(ctx.accelerator, ctx.model, ctx.select_split, ctx.select_tokenized, ctx.label_names,
+                           cfg.eval.batch_size, ctx.collate, None)
+    value = entry[cfg.eval.selection_metric]
+    improved = state.best_value is None or value > state.best_value
+    if improved:
+        state.best_value, state.best_step, state.evals_since_best = value, state.global_step, 0
+        _save_best(ctx)
+    else:
+        state.evals_since_best += 1
+    if ctx.accelerator.is_main_process:
+        log_record(ctx, {"phase": state.phase, "global_step": state.global_step, "epoch": state.epoch,
+                            f"{ctx.select_split.name}_{cfg.eval.selection_metric}": value,
+                            f"{ctx.select_split.name}_accuracy": entry["accuracy"], "best": improved})
+    patience = cfg.train.early_stopping_patience
+    if patience is not None and state.evals_since_best >= patience:
+        state.stopped_early = True
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One phase.
+
+
+@dataclass
+class _Logs:
+    """Loss sums kept on the device; read back (a host sync) only when a log line is written."""
+
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    count: int = 0
+
+    def add(self, loss: torch.Tensor, logs: dict[str, torch.Tensor]) -> None:
+        for k, v in {"loss": loss.detach(), **logs}.items():
+            self.sums[k] = self.sums.get(k, 0) + v.detach().float()
+        self.count += 1
+
+    def flush(self, acc: Accelerator) -> dict[str, float]:
+        out = {k: acc.reduce(v / self.count, "mean").item() for k, v in self.sums.items()}
+        self.sums, self.count = {}, 0
+        return out
+
+
+class _AuxStream:
+    """An auxiliary stream, cycled for as long as the main one lasts, each pass in a new order. Its position (the
+    batches drawn) lives in the train state, so a resumed run continues it instead of starting it over."""
+
+    def __init__(self, ctx: LoopContext, name: str, loader):
+        self.ctx, self.name, self.loader, self.it = ctx, name, loader, None
+
+    def _start(self) -> None:
+        drawn = self.ctx.state.aux_batches.get(self.name, 0)
+        epoch, skip = divmod(drawn, len(self.loader))
+        self.loader.set_epoch(epoch)
+        loader = self.loader
+        if skip:
+            loader = self.ctx.accelerator.skip_first_batches(self.loader, skip)
+            loader.set_epoch(epoch)
+        self.it = iter(loader)
+
+    def next(self) -> dict:
+        if self.it is None:
+            self._start()
+        batch = next(self.it, None)
+        if batch is None:  # end of a pass: the next one starts from the recorded position
+            self._start()
+            batch = next(self.it)
+        self.ctx.state.aux_batches[self.name] = self.ctx.state.aux_batches.get(self.name, 0) + 1
+        return batch
+
+
+def l2sp_penalty(anchors: list[tuple[torch.nn.Parameter, torch.Tensor]]) -> torch.Tensor:
+    """||theta - theta_0||^2 summed over the anchored parameters."""
+    return torch.stack([(p.float() - a).pow(2).sum() for p, a in anchors]).sum()
+
+
+class PhaseRunner:
+    def __init__(self, ctx: LoopContext, phase: Phase):
+        self.ctx, self.phase = ctx, phase
+        cfg, acc = ctx.recipe.train, ctx.accelerator
+        streams = phase.streams(ctx) if callable(phase.streams) else phase.streams
+        self.loaders = {
+            name: train_loader(ds, cfg.batch_size, ctx.recipe.seed + i, cfg.group_by_length, ctx.collate, cfg.num_workers)
+            for i, (name, ds) in enumerate(streams.items())
+        }
+        prepared = acc.prepare(*self.loaders.values())
+        self.loaders = dict(zip(self.loaders, prepared if len(self.loaders) > 1 else [prepared]))
+        self.main = next(iter(self.loaders))
+        # The other streams are cycled alongside the main one (nothing is read until the first step).
+        self.aux = {n: _AuxStream(ctx, n, dl) for n, dl in self.loaders.items() if n != self.main}
+        self.batches_per_epoch = len(self.loaders[self.main])
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.grad_accum)
+        if phase.max_steps is not None:  # a step budget: as many passes as it takes
+            self.total_steps, self.epochs = phase.max_steps, math.ceil(phase.max_steps / self.steps_per_epoch)
+        else:
+            self.total_steps, self.epochs = self.steps_per_epoch * phase.epochs, phase.epochs
+        if phase.lr is not None:
+            cfg = dataclasses.replace(cfg, lr=phase.lr)
+        heads = getattr(acc.unwrap_model(ctx.model), "heads", {})
+        own_lr: dict[float, list[torch.nn.Parameter]] = {}
+        for name, lr in (phase.head_lr or {}).items():
+            if name in heads:  # two heads may share a rate
+                own_lr.setdefault(lr, []).extend(heads[name].parameters())
+        self.optimizer = acc.prepare(build_optimizer(ctx.model, cfg, own_lr))
+        # Stepped by us once per optimizer step (not passed to prepare, which steps it once per process).
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
+        self.params = [p for p in ctx.model.parameters() if p.requires_grad]
+        self.logs = _Logs()
+        # Token counts stay on the device (no host sync per step) until folded into the state.
+        self.token_sums = torch.zeros(3, dtype=torch.float64, device=acc.device)
+
+    def _count_tokens(self, batch: dict) -> None:
+        lengths = batch["attention_mask"].sum(dim=1, dtype=torch.float64)
+        self.token_sums += torch.stack([lengths.sum(), lengths.new_tensor(batch["attention_mask"].numel()),
+                                        (lengths * lengths).sum()])
+
+    def _fold_tokens(self) -> None:
+        """Add the device-side token counts of all processes to the state (a collective: call on every rank)."""
+        real, padded, sq = (int(v) for v in self.ctx.accelerator.reduce(self.token_sums, "sum").tolist())
+        state = self.ctx.state
+        state.real_tokens, state.padded_tokens, state.sum_len_sq = (
+            state.real_tokens + real, state.padded_tokens + padded, state.sum_len_sq + sq)
+        self.token_sums.zero_()
+
+    def _aux_batches(self) -> dict:
+        return {n: stream.next() for n, stream in self.aux.items()}
+
+    def _micro_step(self, batch: dict, window: int, sync: bool) -> None:
+        ctx, acc = self.ctx, self.ctx.accelerator
+        batches = {self.main: batch, **self._aux_batches()}
+        # Skip DDP's gradient all-reduce on micro-batches that only accumulate.
+        with contextlib.nullcontext() if sync else acc.no_sync(ctx.model):
+            out = self.phase.loss(ctx.model, batches, StepInfo(ctx.state.step, self.total_steps))
+            loss, logs = out.loss, out.logs
+            if ctx.l2sp_anchors:
+                penalty = l2sp_penalty(ctx.l2sp_anchors)
+                loss, logs = loss + ctx.recipe.train.l2sp * penalty, {**logs, "l2sp_distance": penalty.detach()}
+            # Divide by the micro-batches in this accumulation window so the summed gradient is a mean.
+            acc.backward(loss / window)
+        self.logs.add(loss, logs)
+        self._count_tokens(batch)
+        ctx.state.samples += batch["input_ids"].shape[0] * acc.num_processes
+
+    def _optimizer_step(self) -> None:
+        cfg = self.ctx.recipe.train
+        if cfg.max_grad_norm is not None:
+            self.ctx.accelerator.clip_grad_norm_(self.params, cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ctx.state.step += 1
+        self.ctx.state.global_step += 1
+
+    def _after_step(self) -> bool:
+        """Logging, evaluation, checkpoints, interrupts; returns True when the phase must stop."""
+        ctx, cfg, state = self.ctx, self.ctx.recipe, self.ctx.state
+        checkpoint = state.global_step % cfg.train.checkpoint_every_steps == 0
+        if state.global_step % cfg.report.log_every_steps == 0 or checkpoint:
+            self._fold_tokens()
+        if state.global_step % cfg.report.log_every_steps == 0:
+            values = self.logs.flush(ctx.accelerator)
+            if ctx.accelerator.is_main_process:
+                log_record(ctx, {"phase": state.phase, "phase_name": self.phase.name, "global_step": state.global_step,
+                                    "epoch": round(state.step / self.steps_per_epoch, 4),
+                                    "lr": self.scheduler.get_last_lr()[0], **values})
+        if self.phase.select and cfg.train.eval_every_steps and state.step % cfg.train.eval_every_steps == 0:
+            evaluate_selection(ctx)
+        if checkpoint:
+            save_checkpoint(ctx)
+        if _stop_agreed(ctx):
+            self._fold_tokens()
+            path = save_checkpoint(ctx)
+            raise RunInterrupted(
+                f"interrupted at step {state.global_step}; checkpoint saved in {path}. Continue with the same command "
+                f"and `output_dir={ctx.run.root}` (train.resume=auto)"
+            )
+        max_steps = cfg.train.max_steps
+        budget_spent = self.phase.max_steps is not None and state.step >= self.total_steps
+        return state.stopped_early or budget_spent or (max_steps is not None and state.global_step >= max_steps)
+
+    def run_epoch(self, bar: tqdm) -> bool:
+        """One pass over the main stream (or what is left of it after a resume); True when training must stop."""
+        ctx, state, accum = self.ctx, self.ctx.state, self.ctx.recipe.train.grad_accum
+        # Through the prepared loader: Accelerate re-sets the sampler's epoch from its own iteration counter on
+        # every pass, which after a resume would replay epoch 0's order.
+        self.loaders[self.main].set_epoch(state.epoch)
+        loader = self.loaders[self.main]
+        if state.batches_in_epoch:
+            loader = ctx.accelerator.skip_first_batches(loader, state.batches_in_epoch)
+            loader.set_epoch(state.epoch)
+        tick = time.perf_counter()
+        for batch in loader:
+            window_start = state.batches_in_epoch - state.batches_in_epoch % accum
+            window = min(accum, self.batches_per_epoch - window_start)
+            state.batches_in_epoch += 1
+            sync = state.batches_in_epoch % accum == 0 or state.batches_in_epoch == self.batches_per_epoch
+            self._micro_step(batch, window, sync)
+            if not sync:
+                continue
+            self._optimizer_step()
+            bar.update(1)
+            state.train_seconds += time.perf_counter() - tick
+            stop = self._after_step()
+            tick = time.perf_counter()
+            if stop:
+                return True
+        state.train_seconds += time.perf_counter() - tick
+        return False
+
+    def run(self) -> None:
+        ctx, state = self.ctx, self.ctx.state
+        bar = tqdm(total=self.total_steps, initial=state.step, desc=f"{self.phase.name}",
+                   disable=not ctx.accelerator.is_local_main_process, dynamic_ncols=True)
+        while state.epoch < self.epochs and state.step < self.total_steps:
+            stop = self.run_epoch(bar)
+            if not stop:  # a finished epoch: evaluate, then start the next one from its first batch
+                state.epoch, state.batches_in_epoch, state.epochs_run = state.epoch + 1, 0, state.epochs_run + 1
+            if self.phase.select and (not stop or state.best_step is None) and not state.stopped_early:
+                evaluate_selection(ctx)
+            if stop or state.stopped_early:
+                break
+        bar.close()
+        self._fold_tokens()
+        if self.phase.select:
+            restore_best(ctx)
+        if self.phase.after is not None:
+            self.phase.after(ctx)
+
+
+class _CurrentScheduler:
+    """Registered for checkpointing once: it saves whichever phase's schedule is running, so the number of
+    checkpointed objects is the same however many phases came before."""
+
+    scheduler = None
+
+    def state_dict(self) -> dict:
+        return self.scheduler.state_dict() if self.scheduler is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.scheduler is not None and state:
+            self.scheduler.load_state_dict(state)
+
+
+def load_checkpoint_state(path: Path) -> dict:
+    return json.loads((path / "train_state.json").read_text())
+
+
+def train(ctx: LoopContext, phases: list[Phase], resume_from: Path | None) -> TrainState:
+    """Run the method's phases in order, continuing from `resume_from` when given."""
+    acc, state = ctx.accelerator, ctx.state
+    acc.register_for_checkpointing(state)
+    schedule = _CurrentScheduler()
+    acc.register_for_checkpointing(schedule)
+    if resume_from is not None:
+        state.load_state_dict(load_checkpoint_state(resume_from))
+        if acc.is_main_process:
+            ctx.run.truncate_log(state.global_step)
+    with _StopSignals(ctx):
+        for index, phase in enumerate(phases):
+            if index < state.phase:
+                continue
+            if index > state.phase:
+                state.phase, state.epoch, state.batches_in_epoch, state.step, state.aux_batches = index, 0, 0, 0, {}
+                state.best_value, state.best_step, state.evals_since_best, state.stopped_early = None, None, 0, False
+            runner = PhaseRunner(ctx, phase)
+            schedule.scheduler = runner.scheduler
+            if resume_from is not None and index == state.phase:
+                acc.load_state(str(resume_from))  # model, optimizer, scheduler, TrainState, RNG states
+                resume_from = None
+            runner.run()
+            # A finished phase's optimizer must not be saved into, or restored from, later checkpoints.
+            acc._optimizers.remove(runner.optimizer)
+            if ctx.recipe.train.max_steps is not None and state.global_step >= ctx.recipe.train.max_steps:
+                break
+    return state
