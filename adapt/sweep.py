@@ -6,10 +6,12 @@
 
 Each combination trains in its own process (`python -m adapt.train`, or the `--launcher` command in front of
 `-m adapt.train`) into `<out>/runs/<combination>/`, and leaves one small `<out>/results/<combination>.json`
-(overrides, summary metrics, per-split metrics, training time). A combination whose result file exists is skipped
-with `--resume`, so a sweep can stop and continue, or grow with more values, across sessions. A run that fails
-is reported and the sweep goes on; its result file is not written, so `--resume` retries it. The table of all
-results is printed at the end and written to `<out>/sweep.md` and `<out>/sweep.json`.
+(overrides, summary metrics, per-split metrics, training time); `<combination>` is the overrides made a file name,
+plus a short hash when that name is too long or reads like another combination's. A combination whose overrides
+already have a result file is skipped with `--resume` (and says so), so a sweep can stop and continue, or grow
+with more values, across sessions. A run that fails is reported and the sweep goes on; its result file is not
+written, so `--resume` retries it. The table of all results is printed at the end and written to `<out>/sweep.md`
+and `<out>/sweep.json`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Check a recipe without training: print the resolved recipe, or every problem at once (schema, cross-field
-checks, and data paths that do not exist).
+checks, data paths that do not exist, and `data.max_length` against the model's config.json when the model is on
+this machine).
 
     adapt validate recipes/sentiment.yaml [key=value ...]
     python -m adapt.validate recipes/sentiment.yaml [key=value ...]     # the same
@@ -29,8 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     recipe = load_recipe(args.recipe, args.overrides)
     from adapt.data.specs import spec_problems
+    from adapt.model.limits import model_problems
 
-    problems = spec_problems(recipe)
+    problems = spec_problems(recipe) + model_problems(recipe.model.name_or_path, recipe.data.max_length)
     if problems:
         raise RecipeError(problems)
     print(f"# {args.recipe}: valid. Resolved recipe (paths absolute, defaults filled in):")

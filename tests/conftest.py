@@ -71,8 +71,12 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("tiny-bert")
     tok = make_tokenizer()
+    # No dropout: the tests train this model for a few dozen steps and need it to learn. (Training runs in train
+    # mode, so BERT's default 0.1 would be on; DANN's discriminator keeps its own dropout, and the MLM masking its
+    # draws, so resuming still has random states to restore.)
     cfg = BertConfig(vocab_size=len(vocab()), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64)
+                     intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                     attention_probs_dropout_prob=0.0)
     import torch
 
     torch.manual_seed(0)

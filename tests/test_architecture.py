@@ -131,8 +131,11 @@ def test_reading_and_validating_every_shipped_recipe_imports_no_torch():
         "import adapt.recipe\n"
         "from adapt.recipe import load_recipe\n"
         "from adapt.data.specs import spec_problems\n"
+        "from adapt.model.limits import model_problems\n"
         f"for path in {recipes!r}:\n"
-        "    spec_problems(load_recipe(path))\n"
+        "    recipe = load_recipe(path)\n"
+        "    spec_problems(recipe)\n"
+        "    assert model_problems(recipe.model.name_or_path, recipe.data.max_length) == []\n"
         "heavy = ('torch', 'transformers', 'peft', 'datasets', 'accelerate')\n"
         "print(json.dumps([m for m in heavy if m in sys.modules]))\n"
     )

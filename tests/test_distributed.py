@@ -44,6 +44,7 @@ def test_two_process_evaluation_matches_one_process(tiny_recipe, tiny_data, tmp_
     assert evaluate_main([str(one), "--test", f"odd={odd}"]) == 0
     done = accelerate_launch(["-m", "adapt.evaluate_run", str(two), "--test", f"odd={odd}"])
     assert done.returncode == 0, done.stderr[-3000:]
+    assert sum(line.startswith("odd ") for line in done.stdout.splitlines()) == 1  # printed once, not per process
 
     report = json.loads((two / "report.json").read_text())
     assert report["splits"]["odd"]["num_processes"] == 2 and report["splits"]["odd"]["n"] == 23

@@ -22,6 +22,7 @@ import adapt.serving.inference
 import adapt.training.run
 from adapt import load_recipe
 from adapt.core.errors import AdaptError
+from adapt.core.rundir import portable_paths
 from adapt.hub.__main__ import main as hub_main
 from adapt.model.saving import set_adapter_base
 from adapt.predict import main as predict_main
@@ -169,7 +170,9 @@ def test_recipe_push_uploads_model_reports_and_card_in_one_commit(tiny_recipe, t
     assert message == "Upload model from adapt run tiny (source_only, books -> kitchen)"
     assert set(fake_hub.uploaded) == MODEL_FILES | RUN_FILES
     assert fake_hub.uploaded["model.safetensors"] == (out / "model" / "model.safetensors").read_bytes()
-    assert fake_hub.uploaded["report.json"] == (out / "report.json").read_bytes()
+    # The run's report, with this machine's paths made portable (tests/test_reliability_inputs.py checks them all).
+    uploaded, report = json.loads(fake_hub.uploaded["report.json"]), json.loads((out / "report.json").read_text())
+    assert uploaded == portable_paths(report, out) and uploaded["recipe"]["output_dir"] == "<run>"
     card = ModelCard(fake_hub.uploaded["README.md"].decode())
     assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-classification"
     assert card.data.base_model is None  # the tiny base model is a local directory: no path reaches the Hub
@@ -297,7 +300,7 @@ def test_dry_run_of_a_lora_run_loads_with_peft(lora_run, tiny_data, tiny_model_d
     assert card.data.library_name == "peft" and card.data.base_model is None and card.data.license is None
     assert_card_results(card, lora_run)
     assert "AutoPeftModelForSequenceClassification" in card.text and "someone/tiny" in card.text
-    assert "```yaml\n" + (lora_run / "recipe.yaml").read_text().rstrip() + "\n```" in card.text
+    assert "```yaml\n" + (folder / "recipe.yaml").read_text().rstrip() + "\n```" in card.text
     assert_no_token(folder)
 
 

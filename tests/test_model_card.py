@@ -10,6 +10,7 @@ import pytest
 import yaml
 from huggingface_hub import ModelCard
 
+from adapt.core.rundir import portable_paths
 from adapt.reporting.model_card import build_model_card, data_card_summary, hub_model_id
 
 
@@ -70,7 +71,10 @@ def test_body(run_dir):
     assert "not purely unsupervised" in text  # selected on target_dev
     assert "`amazon_unlabeled`" in text and "128 tokens (`head_tail` truncation)" in text
     assert 'AutoPeftModelForSequenceClassification.from_pretrained(\n    "me/b2k"' in text
-    assert "```yaml\n" + (run_dir / "recipe.yaml").read_text().rstrip() + "\n```" in text
+    # The recipe as shared: `/data/books_test.jsonl` is `./books_test.jsonl`, no folder of this machine.
+    shared = yaml.safe_dump(portable_paths(yaml.safe_load((run_dir / "recipe.yaml").read_text()), run_dir),
+                            sort_keys=False)
+    assert "```yaml\n" + shared.rstrip() + "\n```" in text and "/data/" not in text
 
 
 @pytest.mark.parametrize(("name", "hub_id"), [

@@ -23,7 +23,7 @@ def test_run_directory_and_report(tiny_recipe, tmp_path):
     report = run(load_recipe(tiny_recipe, [f"output_dir={out}"]))
 
     assert {p.name for p in out.iterdir()} == {"recipe.yaml", "model", "predictions", "train_log.jsonl", "report.md",
-                                             "report.json", "report.html", "diagnostics.json"}
+                                             "report.json", "report.html", "diagnostics.json", ".adapt-run.json"}
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk == json.loads(json.dumps(report))
     assert on_disk["schema_version"] == 1 and on_disk["method"] == "source_only"

@@ -14,12 +14,42 @@ from pathlib import Path
 from adapt.core.errors import AdaptError
 
 
+def _umask_from_proc() -> int | None:
+    """The umask as Linux shows it (kernel >= 4.7): read without changing it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _umask_by_setting() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Without /proc the umask can only be read by setting it and setting it back, which another thread could see
+# in between: that is done once, at import, as the process starts.
+_UMASK_AT_IMPORT = _umask_from_proc()
+if _UMASK_AT_IMPORT is None:
+    _UMASK_AT_IMPORT = _umask_by_setting()
+
+
+def current_umask() -> int:
+    mask = _umask_from_proc()
+    return _UMASK_AT_IMPORT if mask is None else mask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temporary file in the same directory and `os.replace`, so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            os.fchmod(fh.fileno(), 0o666 & ~current_umask())  # mkstemp's 0600 -> the mode `open` would give
             fh.write(text)
         os.replace(tmp, path)
     except BaseException:

@@ -8,6 +8,8 @@ Every split becomes a `datasets.Dataset` with the columns `id` (str), `idx` (row
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
 import re
 from collections import Counter
@@ -62,12 +64,55 @@ def _read_files(files: list[str], key: str) -> Dataset:
     from datasets import load_dataset
 
     fmt = FORMATS[Path(files[0]).suffix.lower()]
+    # datasets logs its own line about a malformed JSON file before raising; the error below names the line.
+    json_builder = logging.getLogger("datasets.packaged_modules.json.json")
+    level = json_builder.level
+    json_builder.setLevel(logging.CRITICAL)
     try:
         return load_dataset(fmt, data_files=files, split="train")
     except Exception as err:  # datasets raises many types for malformed files
         if _holds_no_rows(files, fmt):
             raise AdaptError(f"`{key}` is empty: {', '.join(files)} has no rows; give a file with at least one row") from None
+        bad = _bad_json_line(files) if fmt == "json" else None  # only now: good files are not read twice
+        if bad:
+            raise AdaptError(f"`{key}`: {bad}; fix or remove that line") from None
         raise AdaptError(f"`{key}`: could not read {', '.join(files)} as {fmt}: {err}") from None
+    finally:
+        json_builder.setLevel(level)
+
+
+def _bad_json_line(files: list[str]) -> str | None:
+    """Where a JSON-lines file first stops being one: the file, the line and what is wrong there. A `.json` file
+    that parses as a whole is one JSON document, not JSON lines, and has no bad line."""
+    for f in files:
+        with open(f, "rb") as fh:
+            data = fh.read()
+        if Path(f).suffix.lower() == ".json" and _parses(data):
+            continue
+        for n, raw in enumerate(data.splitlines(), 1):
+            if problem := _json_line_problem(raw):
+                return f"{f} line {n} {problem}"
+    return None
+
+
+def _parses(data: bytes) -> bool:
+    try:
+        json.loads(data)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        return False
+    return True
+
+
+def _json_line_problem(raw: bytes) -> str | None:
+    if not raw.strip():
+        return None
+    try:
+        row = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        return f"is not UTF-8 text (byte {raw[err.start]:#04x} at column {err.start + 1})"
+    except json.JSONDecodeError as err:
+        return f"is not valid JSON ({err.msg} at column {err.colno})"
+    return None if isinstance(row, dict) else f"is a JSON {type(row).__name__}, not an object with the columns"
 
 
 def _holds_no_rows(files: list[str], fmt: str) -> bool:

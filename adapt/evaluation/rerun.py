@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from adapt.core.errors import AdaptError
-from adapt.core.rundir import RunDir
+from adapt.core.rundir import RunDir, name_problem
 from adapt.data.features import Collator, tokenize, tokenize_splits
 from adapt.data.splits import load_extra_split, load_splits
 from adapt.evaluation.diagnostics import write_diagnostics
@@ -21,8 +21,9 @@ from adapt.training.accelerator import setup_accelerator, shutdown
 def evaluate_run(run_dir: Path, tests: list[dict], diagnostics: bool = False) -> dict:
     """Score a finished run on its own splits (no `tests`) or on the extra `tests`, and recompute diagnostics.json
     when asked; returns the updated report."""
-
-
+    bad = [problem for t in tests if (problem := name_problem(t["name"], "--test name"))]
+    if bad:  # a split's name becomes predictions/<name>.jsonl: `../../x` would write outside the run
+        raise AdaptError("; ".join(bad))
     run = RunDir(run_dir)
     report = load_report(run)
     if not run.model.is_dir():

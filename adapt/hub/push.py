@@ -10,11 +10,15 @@ import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
+import yaml
+
 from adapt.core.errors import AdaptError
 from adapt.core.fileio import staged_dir
+from adapt.core.rundir import RunDir
 from adapt.hub.ids import hub_model_id
 from adapt.hub.reachability import hub_reachable
-from adapt.reporting.model_card import build_model_card
+from adapt.reporting.model_card import build_model_card, shared_record
+from adapt.reporting.report import render_run_markdown
 
 RUN_FILES = ("report.md", "report.json", "recipe.yaml")  # what of the run directory itself is uploaded
 # Keys transformers writes into tokenizer_config.json that record how *this* machine loaded the tokenizer
@@ -110,6 +114,15 @@ def _for_the_hub(out: Path, base_model: str | None, adapter: bool) -> None:
             tok_cfg.write_text(json.dumps({k: v for k, v in cfg.items() if k not in MACHINE_TOKENIZER_KEYS}, indent=2) + "\n")
 
 
+def _write_run_files(run: RunDir, out: Path) -> None:
+    """RUN_FILES with every path of this machine made portable: a home or temporary folder's name is nobody's
+    business on the Hub."""
+    report, recipe = shared_record(run)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    (out / "report.md").write_text(render_run_markdown(run, report))
+
+
 def build_push_folder(run_dir: Path, out: Path, *, repo_id: str, merged: bool = False,
                       license: str | None = None) -> PushFolder:
     """Fill the empty directory `out` with what a push of `run_dir` to `repo_id` uploads."""
@@ -117,8 +130,7 @@ def build_push_folder(run_dir: Path, out: Path, *, repo_id: str, merged: bool = 
     adapter = _copy_model(run_dir / "model", out, merged)
     report = json.loads((run_dir / "report.json").read_text())
     _for_the_hub(out, hub_model_id(report["model"]["name_or_path"]), adapter)
-    for name in RUN_FILES:
-        shutil.copy2(run_dir / name, out / name)
+    _write_run_files(RunDir(run_dir), out)
     card = build_model_card(run_dir, repo_id=repo_id, adapter=adapter, license=license)
     card.save(out / "README.md")
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())

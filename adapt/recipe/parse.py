@@ -18,6 +18,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from adapt.core.errors import RecipeError
+from adapt.core.rundir import name_problem, safe_name
 from adapt.methods import available_methods, method_spec, registered_options
 from adapt.recipe.schema import NON_PATH_SCHEMES, LoraSection, MethodConfig, ModelConfig, Recipe
 
@@ -265,6 +266,8 @@ def _deepcopy(raw: dict) -> dict:
 def _check(recipe: Recipe) -> list[str]:
     p: list[str] = []
     d, m, t, e = recipe.data, recipe.model, recipe.train, recipe.eval
+    if problem := name_problem(recipe.name, "`name`"):  # the run folder is runs/<name>-<time>
+        p.append(problem)
     if not d.source.train:
         p.append("`data.source.train` is required: labelled source training data")
     if not d.source.test:
@@ -316,6 +319,8 @@ def _check(recipe: Recipe) -> list[str]:
         p.append(f"`train.weight_decay` must be >= 0, got {t.weight_decay}")
     if not 0 <= t.warmup_ratio < 1:
         p.append(f"`train.warmup_ratio` must be in [0, 1), got {t.warmup_ratio}")
+    if not 0 <= t.momentum < 1:
+        p.append(f"`train.momentum` must be in [0, 1), got {t.momentum}")
     if t.max_grad_norm is not None and t.max_grad_norm <= 0:
         p.append(f"`train.max_grad_norm` must be > 0 or null, got {t.max_grad_norm}")
     if e.select_on == "target_dev" and not (d.target.dev or d.target.train):
@@ -368,6 +373,47 @@ def _check_method(recipe: Recipe) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Reading the file: YAML lets a later key silently replace an earlier one (`train:` twice drops the first section).
+
+
+class _DuplicateKeys(Exception):
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a key given twice in one mapping, naming it and both lines (all at once)."""
+
+    def construct_document(self, node):
+        problems: list[str] = []
+        _find_duplicates(node, "", problems, set())
+        if problems:
+            raise _DuplicateKeys(problems)
+        return super().construct_document(node)
+
+
+def _find_duplicates(node: yaml.Node, prefix: str, problems: list[str], visited: set[int]) -> None:
+    if id(node) in visited:  # an alias: its node was checked where its anchor is (and may contain itself)
+        return
+    visited.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _find_duplicates(item, f"{prefix.rstrip('.')}[{i}].", problems, visited)
+    if not isinstance(node, yaml.MappingNode):
+        return
+    seen: dict[str, int] = {}
+    for key_node, value_node in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+            continue  # `<<: *defaults` merges keys on purpose
+        key, line = f"{prefix}{key_node.value}", key_node.start_mark.line + 1
+        if key in seen:
+            problems.append(f"`{key}` is given twice (lines {seen[key]} and {line}), and YAML would silently keep only "
+                            "the last; merge them into one")
+        seen.setdefault(key, line)
+        _find_duplicates(value_node, f"{key}.", problems, visited)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Public entry points.
 
 
@@ -377,7 +423,9 @@ def read_recipe_file(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise RecipeError([f"recipe file not found: {path} (give the path to a .yaml recipe, e.g. recipes/sentiment.yaml)"])
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+    except _DuplicateKeys as dup:
+        raise RecipeError([f"{path}: {problem}" for problem in dup.problems]) from None
     except yaml.YAMLError as err:
         raise RecipeError([f"{path} is not valid YAML: {err}"]) from None
     if not isinstance(raw, dict):
@@ -396,8 +444,8 @@ def parse_recipe(
     recipe = _build(Recipe, raw, "", problems)
     if recipe.model.finetune == "lora" and recipe.model.lora is None:
         recipe = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, lora=LoraSection()))
-    if recipe.name is None:
-        recipe = dataclasses.replace(recipe, name=default_name or "run")
+    if recipe.name is None:  # the recipe file's name, made a valid run name: the user did not write it
+        recipe = dataclasses.replace(recipe, name=safe_name(default_name or "run"))
     problems += _check(recipe)  # with the problems above: every problem is reported at once
     if problems:
         raise RecipeError(problems)

@@ -134,7 +134,7 @@ class TrainConfig:
     grad_accum: int = option(1, "Micro-batches accumulated per optimizer step.")
     lr: float = option(5e-5, "Peak learning rate.")
     optimizer: Literal["adamw", "sgd"] = option("adamw", "AdamW, or SGD with momentum.")
-    momentum: float = option(0.9, "SGD momentum.")
+    momentum: float = option(0.9, "SGD momentum, in [0, 1).")
     weight_decay: float = option(0.01, "Weight decay, applied to matrices only (not biases or LayerNorm).")
     warmup_ratio: float = option(0.1, "Share of the optimizer steps spent warming up linearly from 0.")
     scheduler: Literal["linear", "cosine", "constant"] = option("linear", "Decay after warmup.")
@@ -205,8 +205,13 @@ class HubConfig:
 
 @dataclass(frozen=True)
 class Recipe:
-    name: str | None = option(None, "Run name; defaults to the recipe file name.")
-    output_dir: str | None = option(None, "Run directory; default `runs/<name>-<timestamp>`.", path=True)
+    name: str | None = option(
+        None, "Run name, a file name (letters, digits, `_`, `-`, `.`); defaults to the recipe file's name."
+    )
+    output_dir: str | None = option(
+        None, "Run directory: a new or empty folder, or an unfinished run to continue; default "
+              "`runs/<name>-<timestamp>`.", path=True,
+    )
     seed: int = option(42, "Seed for data carving, shuffling and initialisation.")
     data: DataConfig = option(None, "Data splits and columns.", factory=DataConfig)
     model: ModelConfig = option(None, "Encoder and how much of it trains.", factory=ModelConfig)

@@ -18,7 +18,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from adapt.core.errors import AdaptError
 from adapt.core.formatting import pct, pct_interval
-from adapt.core.rundir import RunDir
+from adapt.core.rundir import RunDir, portable_paths
 from adapt.hub.ids import CANONICAL_IDS, hub_model_id
 from adapt.methods import describe
 from adapt.reporting.context import split_order
@@ -174,6 +174,15 @@ def data_card_summary(spec: str) -> tuple[str, str] | None:
     return title.removeprefix("# ").removeprefix("Data card: "), " ".join(paragraph.split())
 
 
+def shared_record(run: RunDir) -> tuple[dict, dict]:
+    """report.json and recipe.yaml as they are shared: every path of this machine made portable (`<run>/...` inside
+    the run folder, else the file or folder name; `core.rundir.portable_paths`). The run folder keeps its own."""
+    report = json.loads(run.report_json.read_text())
+    recipe = yaml.safe_load(run.recipe.read_text())
+    root = recipe.get("output_dir") or str(run.root.resolve())  # what the recorded paths were written against
+    return portable_paths(report, root), portable_paths(recipe, root)
+
+
 def build_model_card(run_dir: Path, *, repo_id: str, adapter: bool, license: str | None = None) -> ModelCard:
     """The card for `run_dir` pushed to `repo_id` as an adapter (`adapter=True`) or a full model. `license`
     defaults to the base model's (see `base_license`).
@@ -182,10 +191,11 @@ def build_model_card(run_dir: Path, *, repo_id: str, adapter: bool, license: str
     Jinja2 environment rather than `ModelCard.from_template`, which uses a bare `jinja2.Template` (an undefined
     name renders as nothing, the final newline is dropped)."""
     run = RunDir(run_dir)
-    report = json.loads(run.report_json.read_text())
-    recipe_yaml = run.recipe.read_text()
-    recipe = yaml.safe_load(recipe_yaml)
+    # The licence from this machine's copy of the base model; everything shown, with no path of this machine.
+    license = license or base_license(json.loads(run.report_json.read_text()))
+    report, recipe = shared_record(run)
+    recipe_yaml = yaml.safe_dump(recipe, sort_keys=False)
     data = card_data(report, recipe, model_name=repo_id.split("/")[-1], library_name="peft" if adapter else "transformers",
-                     license=license or base_license(report))
+                     license=license)
     context = card_context(report, recipe, recipe_yaml, repo_id=repo_id, adapter=adapter)
     return ModelCard(render_template("model_card.md.j2", card_data=data.to_yaml(), **context))

@@ -53,6 +53,16 @@ def add_uncertainty(run: RunDir, report: dict) -> dict:
     return {**report, "splits": splits}
 
 
+def _log_and_diagnostics(run: RunDir) -> tuple[list[dict], dict | None]:
+    log = read_jsonl(run.train_log) if run.train_log.exists() else []
+    return log, json.loads(run.diagnostics.read_text()) if run.diagnostics.exists() else None
+
+
+def render_run_markdown(run: RunDir, report: dict) -> str:
+    """report.md of `run` for `report` (e.g. the report with its paths made portable, for the Hub)."""
+    return render_markdown(report, *_log_and_diagnostics(run))
+
+
 def write_reports(run: RunDir, report: dict) -> dict:
     """report.md and report.html first, report.json last: report.json marks a finished run.
 
@@ -60,8 +70,7 @@ def write_reports(run: RunDir, report: dict) -> dict:
     from adapt.reporting.html import render_html  # matplotlib is imported only when a report is written
 
     report = add_uncertainty(run, {**report, "summary": summarize(report["splits"])})
-    log = read_jsonl(run.train_log) if run.train_log.exists() else []
-    diagnostics = json.loads(run.diagnostics.read_text()) if run.diagnostics.exists() else None
+    log, diagnostics = _log_and_diagnostics(run)
     atomic_write_text(run.report_md, render_markdown(report, log, diagnostics))
     atomic_write_text(run.report_html, render_html(report, log, diagnostics))
     atomic_write_json(run.report_json, report)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 from pathlib import Path
 
 import torch
@@ -79,6 +80,25 @@ def set_cpu_threads(accelerator: Accelerator, requested: int | None) -> None:
     if launched_by_accelerate and os.environ.get("OMP_NUM_THREADS") == "1":
         local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // max(1, local)))
+
+
+# How a collective fails when a peer process died (killed, out of memory, preempted): gloo sees the connection go,
+# NCCL's watchdog aborts the communicator or times out.
+_PEER_LOST = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "communicator was aborted",
+              "Watchdog caught collective operation timeout")
+
+
+def lost_process_error(accelerator: Accelerator, err: BaseException) -> AdaptError | None:
+    """One line for a run that lost one of its processes, instead of every survivor's gloo/NCCL traceback; None
+    for any other error."""
+    text = str(err)
+    network = isinstance(err, (torch.distributed.DistNetworkError, torch.distributed.DistStoreError))
+    if accelerator.num_processes < 2 or not (network or any(s in text for s in _PEER_LOST)):
+        return None
+    cause = re.sub(r"^\[[^\]]*\]\s*", "", text.strip().splitlines()[0])[:160]  # without gloo's source location
+    return AdaptError(f"lost another process of this {accelerator.num_processes}-process run ({cause}); it was probably "
+                      "killed (out of memory, preempted, a crash: see its output). Continue from the last checkpoint "
+                      "with the same command and `output_dir` (train.resume=auto)")
 
 
 def shutdown(accelerator: Accelerator) -> None:

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
-import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -22,14 +20,14 @@ from datasets import Dataset
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from adapt.core.errors import RunInterrupted
-from adapt.core.fileio import atomic_write_json
+from adapt.core.errors import AdaptError, RunInterrupted
 from adapt.core.rundir import CHECKPOINT_PREFIX, RunDir
 from adapt.data.features import Collator, train_loader
 from adapt.data.splits import Split
 from adapt.evaluation.scoring import score_split
 from adapt.methods.base import Phase, StepInfo
 from adapt.recipe import Recipe
+from adapt.training import checkpoint
 from adapt.training.optim import build_optimizer, build_scheduler
 
 
@@ -59,7 +57,15 @@ class TrainState:
         return dataclasses.asdict(self)
 
     def load_state_dict(self, state: dict) -> None:
+        """From a checkpoint's JSON: exactly these fields, numbers where numbers belong."""
+        names = {f.name for f in dataclasses.fields(self)}
+        if not isinstance(state, dict) or set(state) != names:
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise AdaptError(f"a checkpoint's train_state.json must have the fields {sorted(names)}, got {got}")
         for k, v in state.items():
+            ok = isinstance(v, dict) if k == "aux_batches" else v is None or isinstance(v, (int, float))
+            if not ok:
+                raise AdaptError(f"a checkpoint's train_state.json has {k}={v!r}")
             setattr(self, k, v)
 
 
@@ -77,6 +83,8 @@ class LoopContext:
     stop_requested: bool = False
     # L2-SP: (parameter, its value at the start) for the pretrained encoder weights that train.
     l2sp_anchors: list[tuple[torch.nn.Parameter, torch.Tensor]] = field(default_factory=list)
+    # Folders of the run directory the method writes while training (`BaseMethod.run_dirs`), kept in checkpoints.
+    run_dirs: tuple[str, ...] = ()
 
 
 class _StopSignals:
@@ -114,22 +122,17 @@ def _stop_agreed(ctx: LoopContext) -> bool:
 # Checkpoints and best weights.
 
 
-def save_checkpoint(ctx: LoopContext) -> Path:
-    """`accelerator.save_state` into a temporary directory renamed into place: a checkpoint is complete or absent."""
-    acc, run = ctx.accelerator, ctx.run
-    final = run.checkpoints / f"{CHECKPOINT_PREFIX}{ctx.state.global_step:08d}"
-    tmp = run.checkpoints / f".tmp-{final.name}"
-    if acc.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    acc.wait_for_everyone()
-    acc.save_state(str(tmp))
-    acc.wait_for_everyone()
-    if acc.is_main_process:
-        atomic_write_json(tmp / "train_state.json", ctx.state.state_dict())
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        run.prune_checkpoints(ctx.recipe.train.keep_checkpoints)
-    acc.wait_for_everyone()
+def save_checkpoint(ctx: LoopContext, optimizer: torch.optim.Optimizer, scheduler) -> Path:
+    """Everything that decides the rest of the run (`adapt.training.checkpoint`); complete or absent."""
+    final = ctx.run.checkpoints / f"{CHECKPOINT_PREFIX}{ctx.state.global_step:08d}"
+    # The best weights of the running phase are state too: restoring them at the phase's end decides its result.
+    best = _best_file(ctx) if ctx.state.best_step is not None else None
+    contents = checkpoint.Contents(
+        ctx.accelerator.unwrap_model(ctx.model, keep_torch_compile=False), optimizer, scheduler,
+        ctx.state.state_dict(), best, [ctx.run.root / d for d in ctx.run_dirs], ctx.run.train_log)
+    checkpoint.write_checkpoint(ctx.accelerator, final, contents)
+    if ctx.accelerator.is_main_process:
+        ctx.run.prune_checkpoints(ctx.recipe.train.keep_checkpoints)
     return final
 
 
@@ -138,19 +141,26 @@ def _trainable_state(ctx: LoopContext) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().clone().contiguous() for n, p in net.named_parameters() if p.requires_grad}
 
 
+def _best_file(ctx: LoopContext) -> Path:
+    return ctx.run.best / "weights.safetensors"
+
+
 def _save_best(ctx: LoopContext) -> None:
-    # Only the trainable parameters change, so they are all that model selection needs to keep.
+    # Only the trainable parameters change, so they are all that model selection needs to keep. Always a new file
+    # renamed into place, never rewritten in place: checkpoints hold hard links to earlier versions.
     if ctx.accelerator.is_main_process:
         ctx.run.best.mkdir(parents=True, exist_ok=True)
         tmp = ctx.run.best / ".weights.tmp"
         save_file(_trainable_state(ctx), str(tmp))
-        tmp.replace(ctx.run.best / "weights.safetensors")
+        tmp.replace(_best_file(ctx))
     ctx.accelerator.wait_for_everyone()
 
 
 def restore_best(ctx: LoopContext) -> None:
-    path = ctx.run.best / "weights.safetensors"
-    if not path.exists():
+    """Load the running phase's best weights. The file is this phase's: it is removed when a phase starts and put
+    back from the checkpoint when a run resumes."""
+    path = _best_file(ctx)
+    if ctx.state.best_step is None or not path.exists():
         return
     net = ctx.accelerator.unwrap_model(ctx.model)
     weights = load_file(str(path))
@@ -344,21 +354,29 @@ class PhaseRunner:
         if self.phase.select and cfg.train.eval_every_steps and state.step % cfg.train.eval_every_steps == 0:
             evaluate_selection(ctx)
         if checkpoint:
-            save_checkpoint(ctx)
+            save_checkpoint(ctx, self.optimizer, self.scheduler)
         if _stop_agreed(ctx):
             self._fold_tokens()
-            path = save_checkpoint(ctx)
+            path = save_checkpoint(ctx, self.optimizer, self.scheduler)
             raise RunInterrupted(
                 f"interrupted at step {state.global_step}; checkpoint saved in {path}. Continue with the same command "
                 f"and `output_dir={ctx.run.root}` (train.resume=auto)"
             )
-        max_steps = cfg.train.max_steps
+        return self._done()
+
+    def _done(self) -> bool:
+        """Whether the phase ends with the step just taken: stopped early, its step budget or train.max_steps spent."""
+        state, max_steps = self.ctx.state, self.ctx.recipe.train.max_steps
         budget_spent = self.phase.max_steps is not None and state.step >= self.total_steps
         return state.stopped_early or budget_spent or (max_steps is not None and state.global_step >= max_steps)
 
     def run_epoch(self, bar: tqdm) -> bool:
         """One pass over the main stream (or what is left of it after a resume); True when training must stop."""
         ctx, state, accum = self.ctx, self.ctx.state, self.ctx.recipe.train.grad_accum
+        # Only a resumed run starts an epoch part-way, from a checkpoint written right after a step: first what
+        # followed that step, which may have been the phase's last.
+        if state.batches_in_epoch and self._done():
+            return True
         # Through the prepared loader: Accelerate re-sets the sampler's epoch from its own iteration counter on
         # every pass, which after a resume would replay epoch 0's order.
         self.loaders[self.main].set_epoch(state.epoch)
@@ -387,9 +405,15 @@ class PhaseRunner:
 
     def run(self) -> None:
         ctx, state = self.ctx, self.ctx.state
+        # Dropout on, explicitly: `from_pretrained` returns a model in eval mode and evaluations put back the mode
+        # they found, so the mode would otherwise depend on whether this process had evaluated yet (a resumed one
+        # has not) and a classifier without heads would never train with dropout.
+        ctx.model.train()
         bar = tqdm(total=self.total_steps, initial=state.step, desc=f"{self.phase.name}",
                    disable=not ctx.accelerator.is_local_main_process, dynamic_ncols=True)
-        while state.epoch < self.epochs and state.step < self.total_steps:
+        # Not `state.step < self.total_steps`: a checkpoint of the last step of an epoch-long phase resumes with its
+        # epoch's end (evaluation, epoch count) still to do.
+        while state.epoch < self.epochs:
             stop = self.run_epoch(bar)
             if not stop:  # a finished epoch: evaluate, then start the next one from its first batch
                 state.epoch, state.batches_in_epoch, state.epochs_run = state.epoch + 1, 0, state.epochs_run + 1
@@ -405,48 +429,45 @@ class PhaseRunner:
             self.phase.after(ctx)
 
 
-class _CurrentScheduler:
-    """Registered for checkpointing once: it saves whichever phase's schedule is running, so the number of
-    checkpointed objects is the same however many phases came before."""
-
-    scheduler = None
-
-    def state_dict(self) -> dict:
-        return self.scheduler.state_dict() if self.scheduler is not None else {}
-
-    def load_state_dict(self, state: dict) -> None:
-        if self.scheduler is not None and state:
-            self.scheduler.load_state_dict(state)
+def _start_phase(ctx: LoopContext, index: int) -> None:
+    """Reset the per-phase state; the previous phase's best weights are spent (restored at its end)."""
+    state = ctx.state
+    state.phase, state.epoch, state.batches_in_epoch, state.step, state.aux_batches = index, 0, 0, 0, {}
+    state.best_value, state.best_step, state.evals_since_best, state.stopped_early = None, None, 0, False
+    if ctx.accelerator.is_main_process:
+        _best_file(ctx).unlink(missing_ok=True)
+    ctx.accelerator.wait_for_everyone()
 
 
-def load_checkpoint_state(path: Path) -> dict:
-    return json.loads((path / "train_state.json").read_text())
+def _resume(ctx: LoopContext, path: Path) -> checkpoint.Checkpoint:
+    """Check every file of the checkpoint, then take its train state and put the run directory back as it was."""
+    saved = checkpoint.open_checkpoint(ctx.accelerator, path)
+    try:  # every process reads the same file, so all of them stop here alike
+        ctx.state.load_state_dict(saved.train_state)
+    except AdaptError as err:
+        raise AdaptError(f"checkpoint {path}: {err}; resume from another checkpoint (`train.resume=PATH`)") from None
+    checkpoint.restore_run_files(ctx.accelerator, saved, _best_file(ctx), [ctx.run.root / d for d in ctx.run_dirs],
+                                 ctx.run.train_log)
+    return saved
 
 
 def train(ctx: LoopContext, phases: list[Phase], resume_from: Path | None) -> TrainState:
     """Run the method's phases in order, continuing from `resume_from` when given."""
     acc, state = ctx.accelerator, ctx.state
-    acc.register_for_checkpointing(state)
-    schedule = _CurrentScheduler()
-    acc.register_for_checkpointing(schedule)
-    if resume_from is not None:
-        state.load_state_dict(load_checkpoint_state(resume_from))
-        if acc.is_main_process:
-            ctx.run.truncate_log(state.global_step)
+    saved = _resume(ctx, resume_from) if resume_from is not None else None
     with _StopSignals(ctx):
         for index, phase in enumerate(phases):
             if index < state.phase:
                 continue
             if index > state.phase:
-                state.phase, state.epoch, state.batches_in_epoch, state.step, state.aux_batches = index, 0, 0, 0, {}
-                state.best_value, state.best_step, state.evals_since_best, state.stopped_early = None, None, 0, False
+                _start_phase(ctx, index)
             runner = PhaseRunner(ctx, phase)
-            schedule.scheduler = runner.scheduler
-            if resume_from is not None and index == state.phase:
-                acc.load_state(str(resume_from))  # model, optimizer, scheduler, TrainState, RNG states
-                resume_from = None
+            if saved is not None:  # the phase the checkpoint was written in, now built as it was then
+                net = acc.unwrap_model(ctx.model, keep_torch_compile=False)
+                checkpoint.load_training_state(acc, saved, net, runner.optimizer, runner.scheduler)
+                saved = None
             runner.run()
-            # A finished phase's optimizer must not be saved into, or restored from, later checkpoints.
+            # Let the finished phase's optimizer state be freed (Accelerate keeps every prepared optimizer).
             acc._optimizers.remove(runner.optimizer)
             if ctx.recipe.train.max_steps is not None and state.global_step >= ctx.recipe.train.max_steps:
                 break

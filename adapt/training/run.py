@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -13,9 +15,9 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 
-from adapt.core.errors import AdaptError
+from adapt.core.errors import AdaptError, RecipeError
 from adapt.core.fileio import atomic_write_text, read_jsonl, replace_dir
-from adapt.core.rundir import RunDir, default_output_dir, plan_output_dir
+from adapt.core.rundir import RunClaim, RunDir, check_output_dir, default_output_dir, plan_output_dir
 from adapt.data.features import Collator, tokenize_splits
 from adapt.data.splits import Split, load_splits
 from adapt.evaluation.diagnostics import write_diagnostics
@@ -25,11 +27,12 @@ from adapt.methods import get_method
 from adapt.methods.base import BaseMethod, MethodContext
 from adapt.model.finetune import apply_finetune, count_parameters, pretrained_parameter_names
 from adapt.model.heads import AdaptModel, classifier_of
+from adapt.model.limits import max_length_problem, model_problems
 from adapt.model.loading import ResolvedModel, load_classifier, load_tokenizer, resolve_model
 from adapt.model.saving import save_model
 from adapt.recipe import Recipe, recipe_to_dict, recipe_to_yaml
 from adapt.reporting.report import SCHEMA_VERSION, summarize, write_reports
-from adapt.training.accelerator import device_name, setup_accelerator, shutdown
+from adapt.training.accelerator import device_name, lost_process_error, setup_accelerator, shutdown
 from adapt.training.loop import LoopContext, train
 from adapt.training.record import environment, timing
 
@@ -37,17 +40,40 @@ from adapt.training.record import environment, timing
 # Stages.
 
 
-def setup_run_dir(recipe: Recipe, accelerator: Accelerator, cwd: Path) -> tuple[Recipe, RunDir, Path | None]:
-    """Choose the run directory (the same one on every process) and what to resume from."""
-    root = [recipe.output_dir or str(default_output_dir(recipe.name, cwd))]
-    if accelerator.num_processes > 1:
-        broadcast_object_list(root)  # the timestamp must not differ between processes
-    run = RunDir(Path(root[0]))
-    recipe = replace(recipe, output_dir=str(run.root))
-    resume_from = plan_output_dir(run, recipe.train.resume)
+@contextmanager
+def claim_run_dir(recipe: Recipe, accelerator: Accelerator, cwd: Path) -> Iterator[tuple[Recipe, RunDir, Path | None]]:
+    """Choose the run directory, check that this run may write it, and hold its lock until the run ends (the main
+    process decides; every process gets the same directory, checkpoint to resume from, or error)."""
+    claim, error, shared = None, None, [None, None, None]  # directory, checkpoint, error message
+    if accelerator.is_main_process:
+        claim = RunClaim(RunDir(Path(recipe.output_dir or default_output_dir(recipe.name, cwd))))
+        try:
+            shared = [str(claim.run.root), _claim(claim, replace(recipe, output_dir=str(claim.run.root))), None]
+        except AdaptError as err:
+            error, shared[2] = err, str(err)
+    try:
+        if accelerator.num_processes > 1:
+            # Also the barrier that keeps the other processes from writing before the main process holds the lock.
+            broadcast_object_list(shared)
+        if shared[2] is not None:
+            raise error or AdaptError(shared[2])
+        run = RunDir(Path(shared[0]))
+        yield replace(recipe, output_dir=str(run.root)), run, Path(shared[1]) if shared[1] else None
+    finally:
+        if claim is not None:
+            claim.release()
+
+
+def _claim(claim: RunClaim, recipe: Recipe) -> str | None:
+    """Refuse a folder that is not ours, lock it, check what it holds against the recipe, then mark it as a run
+    (nothing is written before the checks pass); returns the checkpoint to resume from."""
+    check_output_dir(claim.run)
+    claim.acquire()
+    resume_from = plan_output_dir(claim.run, recipe.train.resume)
     if resume_from is not None and recipe.train.resume == "auto":
-        check_same_recipe(recipe, run)
-    return recipe, run, resume_from
+        check_same_recipe(recipe, claim.run)
+    claim.write_marker(recipe.name)
+    return str(resume_from) if resume_from is not None else None
 
 
 # Keys that may change between an interrupted run and its continuation without changing what it computes.
@@ -80,9 +106,9 @@ def check_same_recipe(recipe: Recipe, run: RunDir) -> None:
 
 
 def open_run_dir(run: RunDir, recipe: Recipe, resume_from: Path | None, accelerator: Accelerator) -> None:
-    """Create the run directory once data and model have loaded, so bad input leaves nothing behind."""
+    """Start writing the run directory (claimed, so ours) once data and model have loaded: bad input leaves it as
+    it was."""
     if accelerator.is_main_process:
-        run.root.mkdir(parents=True, exist_ok=True)
         if resume_from is None:  # a fresh start in a directory a killed run left behind
             run.train_log.unlink(missing_ok=True)
             for leftover in ("pseudo_labels", "mlm"):
@@ -104,6 +130,8 @@ def setup_model(recipe: Recipe, label_names: list[str], method: BaseMethod) -> M
     resolved = resolve_model(recipe.model.name_or_path)
     tokenizer = load_tokenizer(resolved)
     model = load_classifier(resolved, label_names, recipe.model.attention)
+    if problem := max_length_problem(recipe.data.max_length, model.config.to_dict(), recipe.model.name_or_path):
+        raise RecipeError([problem])  # a Hub model's config is known only now (a local one's was checked at the start)
     model, info = apply_finetune(model, recipe.model)
     heads = method.heads(recipe, model, resolved.path)
     if heads:
@@ -182,16 +210,23 @@ def run(recipe: Recipe, *, cwd: Path | None = None) -> dict:
     wall = time.perf_counter()
     accelerator, precision_source = setup_accelerator(recipe)
     try:
-        return _run(recipe, accelerator, precision_source, cwd or Path.cwd(), wall)
+        if recipe.hub.push:  # fail before training, not after it: the push happens at the end
+            check_can_push(recipe.hub.repo_id)
+        check_trackers(recipe)
+        if problems := model_problems(recipe.model.name_or_path, recipe.data.max_length):
+            raise RecipeError(problems)  # before the data loads
+        with claim_run_dir(recipe, accelerator, cwd or Path.cwd()) as (recipe, run_dir, resume_from):
+            return _run(recipe, run_dir, resume_from, accelerator, precision_source, wall)
+    except RuntimeError as err:
+        if (lost := lost_process_error(accelerator, err)) is None:
+            raise
+        raise lost from None
     finally:
         shutdown(accelerator)
 
 
-def _run(recipe: Recipe, accelerator: Accelerator, precision_source: str, cwd: Path, wall: float) -> dict:
-    if recipe.hub.push:  # fail before training, not after it: the push happens at the end
-        check_can_push(recipe.hub.repo_id)
-    recipe, run, resume_from = setup_run_dir(recipe, accelerator, cwd)
-    check_trackers(recipe)
+def _run(recipe: Recipe, run: RunDir, resume_from: Path | None, accelerator: Accelerator, precision_source: str,
+         wall: float) -> dict:
     set_seed(recipe.seed)
     with accelerator.main_process_first():
         splits, label_names = load_splits(recipe)
@@ -206,7 +241,7 @@ def _run(recipe: Recipe, accelerator: Accelerator, precision_source: str, cwd: P
     select = "target_dev" if recipe.eval.select_on == "target_dev" else "source_dev"
     net = accelerator.unwrap_model(model, keep_torch_compile=False)
     ctx = LoopContext(accelerator, recipe, model, run, collate, label_names, splits[select], tokenized[select],
-                      l2sp_anchors=l2sp_anchors(recipe, net, bundle.resolved.path))
+                      l2sp_anchors=l2sp_anchors(recipe, net, bundle.resolved.path), run_dirs=method.run_dirs)
     method_ctx = MethodContext(recipe, tokenized, bundle.tokenizer, net, run)
     state = train(ctx, method.phases(method_ctx), resume_from)
 

@@ -3,6 +3,7 @@ resumable (see `adapt sweep --help`)."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -12,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from adapt.core.errors import AdaptError
@@ -40,9 +42,36 @@ def combinations(grid: list[tuple[str, list[str]]]) -> list[list[str]]:
 
 
 def slug(overrides: list[str]) -> str:
-    """A file-system-safe, readable name for a combination (`method.name=dann,seed=1` -> `method.name-dann_seed-1`)."""
+    """A file-system-safe, readable name for a combination (`method.name=dann,seed=1` -> `method.name-dann_seed-1`).
+    Not unique (`a/b` and `a-b` read the same) and not cut: `result_names` makes the names."""
     text = "_".join(o.replace("=", "-") for o in overrides) or "base"
-    return re.sub(r"[^A-Za-z0-9._+-]", "-", text)[:200]
+    return re.sub(r"[^A-Za-z0-9._+-]", "-", text).lstrip(".")
+
+
+MAX_NAME = 200
+
+
+def result_names(combos: list[list[str]], earlier: dict[str, list[str]]) -> list[str]:
+    """One file and folder name per combination: its slug, or, when the slug is too long, is shared by another
+    combination, or names an earlier result of other overrides (`earlier`: name -> its overrides), the slug cut
+    short plus a hash of the overrides, so that no combination is ever taken for another and skipped."""
+    slugs = [slug(c) for c in combos]
+    count = Counter(slugs)
+    return [s if len(s) <= MAX_NAME and count[s] == 1 and earlier.get(s, c) == c
+            else f"{s[:MAX_NAME - 9]}-{hashlib.sha256(json.dumps(c).encode()).hexdigest()[:8]}"
+            for s, c in zip(slugs, combos)]
+
+
+def earlier_results(results_dir: Path) -> dict[str, list[str]]:
+    """The result files a sweep folder already holds: name -> the overrides it records."""
+    found = {}
+    for path in sorted(results_dir.glob("*.json")) if results_dir.is_dir() else []:
+        try:
+            found[path.stem] = json.loads(path.read_text())["overrides"]
+        except (ValueError, KeyError, TypeError):
+            raise AdaptError(f"{path} is not a result file of a sweep (no overrides recorded); move it out of "
+                             f"{results_dir}") from None
+    return found
 
 
 def train_command(launcher: str | None, recipe: Path, overrides: list[str]) -> list[str]:
@@ -97,15 +126,16 @@ def run_sweep(recipe: Path, grid: list[tuple[str, list[str]]], fixed: list[str],
     for combo in combos:  # every combination must be a valid recipe before anything trains
         load_recipe(recipe, [*fixed, *combo])
     results_dir = out / "results"
-    existing = sorted(results_dir.glob("*.json")) if results_dir.exists() else []
-    if existing and not resume:
-        raise AdaptError(f"{out} already has {len(existing)} result(s); pass --resume to continue this sweep, "
+    earlier = earlier_results(results_dir)
+    if earlier and not resume:
+        raise AdaptError(f"{out} already has {len(earlier)} result(s); pass --resume to continue this sweep, "
                          "or choose another --out")
+    done = list(earlier.values())
     failures = []
-    for i, combo in enumerate(combos, 1):
-        name = slug(combo)
+    for i, (combo, name) in enumerate(zip(combos, result_names(combos, earlier)), 1):
         path = results_dir / f"{name}.json"
-        if path.exists():
+        if combo in done:  # matched on the overrides the result records, not on its file name
+            print(f"[{i}/{len(combos)}] {' '.join(combo)}: has a result already", flush=True)
             continue
         print(f"[{i}/{len(combos)}] {' '.join(combo)}", flush=True)
         tick = time.perf_counter()

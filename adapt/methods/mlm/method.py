@@ -12,6 +12,7 @@ from datasets import Dataset, concatenate_datasets
 from safetensors.torch import load_file, save_file
 
 from adapt.core.errors import AdaptError
+from adapt.core.fileio import atomic_write_json
 from adapt.methods.base import BaseMethod, LossOutput, MethodContext, Phase, StepInfo
 from adapt.methods.mlm.head import MlmHead, load_pretrained_mlm_head, mask_tokens
 from adapt.methods.source_only.method import labeled_training_data, supervised_phase
@@ -105,7 +106,7 @@ def save_mlm_phase(ctx, recipe: Recipe, streams: list[str]) -> None:
         (out / ".model.tmp").replace(out / "model.safetensors")
         info = {"model": _compatibility(recipe), "mlm": recipe_to_dict(recipe.method.mlm), "streams": streams,
                 "steps": ctx.state.step, "method": recipe.method.name}
-        (out / "mlm.json").write_text(json.dumps(info, indent=2) + "\n")
+        atomic_write_json(out / "mlm.json", info)
     acc.wait_for_everyone()
 
 
@@ -136,6 +137,7 @@ def load_mlm_phase(model: AdaptModel, recipe: Recipe) -> dict:
 
 class _MlmMethod(BaseMethod):
     find_unused_parameters = True  # the classifier head gets no gradient during the MLM phase
+    run_dirs = ("mlm",)  # written at the MLM phase's end; a resumed run has it only if its checkpoint came after
     mlm_head_origin = "fresh"
     loaded: dict | None = None
 

@@ -52,27 +52,36 @@ class _PseudoLabelled:
         self.ctx, self.round = ctx, round_
 
     def __call__(self, loop) -> dict[str, Dataset]:
-        ctx, acc = self.ctx, loop.accelerator
-        path = ctx.run.root / "pseudo_labels" / f"round{self.round}.json"
-        if not path.exists():
-            unlabeled = ctx.splits["target_unlabeled"]
-            logits = predict_logits(acc, loop.model, unlabeled, ctx.recipe.eval.batch_size, loop.collate)
-            probs = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
-            cfg = ctx.recipe.method.self_training
-            keep, labels, stats = select_pseudo_labels(probs, cfg.threshold, cfg.max_per_class)
-            if acc.is_main_process:
-                atomic_write_json(path, {"round": self.round, "threshold": cfg.threshold, **stats,
-                                         "rows": keep.tolist(), "labels": labels.tolist()})
-            acc.wait_for_everyone()
+        path = self.ctx.run.root / "pseudo_labels" / f"round{self.round}.json"
+        if not path.exists():  # present when a run resumes inside this round (its checkpoint holds the file)
+            self._choose(loop, path)
         saved = json.loads(path.read_text())
-        if acc.is_main_process:
-            loop.run.append_log({"phase": loop.state.phase, "global_step": loop.state.global_step,
-                                 "pseudo_labels": saved["kept"], "pseudo_labels_per_class": saved["kept_per_class"]})
+        ctx = self.ctx
         data = _with_pseudo_labels(labeled_training_data(ctx), ctx.splits["target_unlabeled"], saved["rows"], saved["labels"])
         return {"labeled": data}
 
+    def _choose(self, loop, path) -> None:
+        """Predict the unlabelled target with the model as it is now and write the round's pseudo-labels (and their
+        log line, once: a resumed run that reads the file back has the line in its log already)."""
+        ctx, acc = self.ctx, loop.accelerator
+        unlabeled = ctx.splits["target_unlabeled"]
+        logits = predict_logits(acc, loop.model, unlabeled, ctx.recipe.eval.batch_size, loop.collate)
+        probs = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
+        cfg = ctx.recipe.method.self_training
+        keep, labels, stats = select_pseudo_labels(probs, cfg.threshold, cfg.max_per_class)
+        if acc.is_main_process:
+            atomic_write_json(path, {"round": self.round, "threshold": cfg.threshold, **stats,
+                                     "rows": keep.tolist(), "labels": labels.tolist()})
+            loop.run.append_log({"phase": loop.state.phase, "global_step": loop.state.global_step,
+                                 "pseudo_labels": stats["kept"], "pseudo_labels_per_class": stats["kept_per_class"]})
+        acc.wait_for_everyone()
+
 
 class SelfTraining(BaseMethod):
+    # A round's pseudo-labels are chosen when it starts, by the model of that moment: a file a killed run wrote
+    # after the checkpoint it resumes from would train the round on labels chosen by another model.
+    run_dirs = ("pseudo_labels",)
+
     def phases(self, ctx: MethodContext) -> list[Phase]:
         cfg = ctx.recipe.method.self_training
         first = Phase("source", {"labeled": labeled_training_data(ctx)}, supervised_loss, epochs=ctx.recipe.train.epochs)
