@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from adapt.core.cli import cli_entry, is_main_rank, parser, quiet_libraries
+from adapt.core.formatting import pct
 
 
 class _TestAction(argparse.Action):
@@ -62,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     report = evaluate_run(args.run_dir, args.tests, args.diagnostics)
     if is_main_rank():
         for name, s in report["splits"].items():
-            print(f"{name:<24} {s['role']:<7} {s['domain']:<14} n={s['n']:<6} accuracy {100 * s['accuracy']:.1f}  "
-                  f"macro-F1 {100 * s['macro_f1']:.1f}")
+            print(f"{name:<24} {s['role']:<7} {s['domain']:<14} n={s['n']:<6} accuracy {pct(s['accuracy'])}  "
+                  f"macro-F1 {pct(s['macro_f1'])}")
     return 0
 
 

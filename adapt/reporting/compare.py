@@ -153,8 +153,8 @@ def pair_markdown(rows: dict) -> str:
         vs = row.get("vs_source_only")
         table.append({
             "method": method, "cells": cells,
-            "average": f"{100 * row['average']:.1f}" if row["average"] is not None else "–",
-            "average_over_run_pairs": f"{100 * row['average_over_run_pairs']:.1f}",
+            "average": pct(row["average"]),
+            "average_over_run_pairs": pct(row["average_over_run_pairs"]),
             "vs_source_only": f"{vs['mean_gain_points']:+.2f} pts, better on {vs['better']}/{vs['pairs']}"
             if vs and vs["pairs"] else "",
         })
@@ -167,7 +167,7 @@ def _mean_std(cell: dict | None) -> str:
     """Target accuracy of one pair in percent, "84.1 ± 0.8" over seeds (the mean alone for one seed)."""
     if cell is None:
         return ""
-    return f"{100 * cell['mean']:.1f}" + (f" ± {100 * cell['std']:.1f}" if cell["seeds"] > 1 else "")
+    return pct(cell["mean"]) + (f" ± {pct(cell['std'])}" if cell["seeds"] > 1 else "")
 
 
 def heatmap(rows: dict, path: Path) -> None:

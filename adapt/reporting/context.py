@@ -36,7 +36,7 @@ def report_context(report: dict, log: list[dict], diagnostics: dict | None = Non
         "timing": {
             "train_seconds": f"{t['train_seconds']:.1f}", "train_samples_per_second": f"{t['train_samples_per_second']:.1f}",
             "train_tokens_per_second": f"{t.get('train_tokens_per_second', 0):,.0f}",
-            "padding_percent": f"{100 * t.get('train_padding_fraction', 0):.1f}",
+            "padding_percent": pct(t.get("train_padding_fraction", 0)),
             "eval_samples_per_second": f"{t['eval_samples_per_second']:.1f}",
         },
         "environment": {
@@ -55,7 +55,7 @@ def _gap(s: dict) -> dict | None:
         return None
     gap = s["transfer_gap"]
     return {"source": pct(s["source_accuracy"]), "target": pct(s["target_accuracy"]), "loses": gap >= 0,
-            "points": f"{abs(100 * gap):.1f}"}
+            "points": pct(abs(gap))}
 
 
 def _splits(splits: dict) -> list[dict]:
@@ -125,7 +125,7 @@ def _diagnostics(d: dict) -> dict:
     return {
         "pad": {"source_split": d["source_split"], "target_split": d["target_split"],
                 "examples_per_domain": d["examples_per_domain"],
-                "encoders": [(k, f"{v['pad']:.2f}", f"{100 * v['error']:.1f}") for k, v in pad.items()]} if pad else None,
+                "encoders": [(k, f"{v['pad']:.2f}", pct(v["error"])) for k, v in pad.items()]} if pad else None,
         "vocabulary": {"source": vocab["source"], "target": vocab["target"], "jaccard": f"{vocab['jaccard']:.3f}",
-                       "coverage": f"{100 * vocab['target_token_coverage']:.1f}"} if vocab else None,
+                       "coverage": pct(vocab["target_token_coverage"])} if vocab else None,
     }

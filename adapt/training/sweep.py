@@ -18,6 +18,7 @@ from pathlib import Path
 
 from adapt.core.errors import AdaptError
 from adapt.core.fileio import atomic_write_json, atomic_write_text
+from adapt.core.formatting import pct
 from adapt.recipe import load_recipe
 
 
@@ -114,8 +115,8 @@ def table(results: list[dict], keys: list[str]) -> str:
         values = dict(o.split("=", 1) for o in r["overrides"])
         s = r["summary"]
         cells = [values.get(k, "") for k in keys] + [
-            f"{100 * s[m]:.1f}" if m in s else "–" for m in ("source_accuracy", "target_accuracy", "target_macro_f1")
-        ] + [f"{100 * s['transfer_gap']:.1f}" if "transfer_gap" in s else "–", f"{r['train_seconds']:.0f}"]
+            pct(s.get(m)) for m in ("source_accuracy", "target_accuracy", "target_macro_f1")
+        ] + [pct(s.get("transfer_gap")), f"{r['train_seconds']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
