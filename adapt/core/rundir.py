@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from adapt.core.errors import AdaptError
-from adapt.core.fileio import atomic_write_json, read_jsonl, write_jsonl
+from adapt.core.fileio import atomic_write_json
 
 try:
     import fcntl
@@ -66,10 +66,6 @@ class RunDir:
         with open(self.train_log, "a") as fh:
             fh.write(json.dumps(record) + "\n")
 
-    def truncate_log(self, global_step: int) -> None:
-        """On resume: drop log lines written after the checkpoint, so the resumed run does not repeat them."""
-        kept = [r for r in read_jsonl(self.train_log) if r.get("global_step", 0) <= global_step]
-        write_jsonl(self.train_log, kept)
 
 
 def default_output_dir(name: str, cwd: Path) -> Path:

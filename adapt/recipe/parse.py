@@ -171,13 +171,14 @@ def schema_field(dotted: str) -> tuple[dataclasses.Field | None, Any, str | None
     return None, None, f"unknown key `{dotted}`"
 
 
-def _looks_like_path(value: str) -> bool:
+def _is_path_spec(value: str) -> bool:
+    """A local path, not one of the schemes (`builtin:`, `hub:`, `amazon:`) that name data elsewhere."""
     return not value.startswith(NON_PATH_SCHEMES)
 
 
 def _absolute(value: Any, base: Path, *, model: bool = False) -> Any:
     """Make a path value absolute against `base`. A model name is only a path if it exists or looks like one."""
-    if not isinstance(value, str) or not value or not _looks_like_path(value):
+    if not isinstance(value, str) or not value or not _is_path_spec(value):
         return value
     expanded = os.path.expanduser(value)
     if os.path.isabs(expanded):
