@@ -2,12 +2,16 @@
 
     from adapt import load_recipe, run
     report = run(load_recipe("recipes/sentiment.yaml", ["train.epochs=1"]))
+
+Importing the package (and reading a recipe) imports no torch; `run` loads the training stack when called. The
+stages are sub-packages (see docs/architecture.md); `AdaptError` is what every user-facing problem raises.
 """
 
+from adapt.core.errors import AdaptError, RecipeError
 from adapt.recipe import Recipe, load_recipe
 
 __version__ = "0.1.0"
-__all__ = ["Recipe", "load_recipe", "run"]
+__all__ = ["AdaptError", "Recipe", "RecipeError", "load_recipe", "run"]
 
 
 def run(recipe: Recipe) -> dict:
