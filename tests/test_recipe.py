@@ -72,6 +72,19 @@ def test_yaml_boolean_in_a_string_field_says_to_quote_it(tmp_path):
     assert "`data.source.domain`" in message and "quote" in message
 
 
+def test_a_choice_that_yaml_reads_as_a_boolean_is_the_choice_on_the_command_line():
+    # `train.mixed_precision=no` (fp32) was refused as "got False": YAML reads `no` as a boolean.
+    assert load(["train.mixed_precision=no"]).train.mixed_precision == "no"
+    assert load(["train.mixed_precision=bf16"]).train.mixed_precision == "bf16"
+
+
+def test_a_yaml_boolean_where_a_choice_belongs_says_to_quote_it(tmp_path):
+    path = write(tmp_path / "r.yaml", "train:\n  mixed_precision: no\n")
+    message = only(problems([], path))
+    assert "`train.mixed_precision` must be one of auto, no, bf16, fp16; got False" in message and "quote" in message
+    assert load([], write(tmp_path / "q.yaml", "train:\n  mixed_precision: 'no'\n")).train.mixed_precision == "no"
+
+
 def test_tilde_removes_a_key_so_the_default_applies(tmp_path):
     path = write(tmp_path / "r.yaml", "train:\n  lr: 1.0e-3\n  epochs: 9\n")
     assert load([], path).train.lr == 1e-3

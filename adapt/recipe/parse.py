@@ -82,7 +82,10 @@ def _coerce(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
         choices = typing.get_args(inner)
         if value in choices:
             return value
-        problems.append(f"`{key}` must be one of {', '.join(map(str, choices))}; got {value!r}")
+        hint = ""
+        if isinstance(value, bool) and any(isinstance(c, str) for c in choices):  # `precision: no` in a YAML file
+            hint = "; YAML reads yes/no/on/off as booleans: quote the value, e.g. 'no'"
+        problems.append(f"`{key}` must be one of {', '.join(map(str, choices))}; got {value!r}{hint}")
         return None
     if origin is list:
         if isinstance(value, str):
@@ -250,6 +253,8 @@ def _parse_cli_value(text: str, hint: Any) -> Any:
     inner, optional = _unwrap_optional(hint)
     if inner is str:
         return None if optional and text.strip() in ("null", "~") else text
+    if typing.get_origin(inner) is Literal and text.strip() in typing.get_args(inner):
+        return text.strip()  # `train.mixed_precision=no` is the choice "no", not YAML's False
     try:
         return yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
