@@ -5,7 +5,7 @@
     python benchmarks/amazon_pairs.py --data-dir ../shared/data/amazon_multidomain \
         [--methods source_only,dann,...] [--pairs B:K,D:E | all] [--seeds 1,2] [--out benchmarks/results/amazon_pairs] \
         [--work /tmp/adapt-amazon-pairs] [--test-dir DIR] [--unlabeled train|unlabeled] [--variant NAME] [--resume] \
-        [--table-only] [-- key=value ...]
+        [--table-only] [--teachers METHOD] [--teacher-seeds 1,2,3] [-- key=value ...]
 
 Each run is `adapt.train` on recipes/amazon.yaml (MiniLM-L6, max length 256, batch 16, 3 epochs, lr 5e-5, model
 selection on the carved source dev split) through `adapt.sweep.run_training`. Work is shared where the method
@@ -18,6 +18,14 @@ test texts); `unlabeled` = the Amazon `*.unlabeled.jsonl` files, with every spli
 (`data.normalize=amazon_unlabeled`). `--test-dir` scores on `<domain>.test.jsonl` files from another folder
 (the same runs, another test set). `--variant NAME` files results under `<method>+NAME` (e.g. other overrides).
 Overrides after `--` go to every run, except keys of a method section the run's method does not use.
+
+Stacks and distillation (issue 12):
+- `A>B` in `--methods` (quote it in a shell) trains method B starting from the finished run of A for the same pair
+  and seed (`model.init_from`), e.g. `dapt>self_training`, `dapt>dann`; filed under `A-then-B`. A must come
+  earlier in `--methods` or have run already.
+- `distill` distils an ensemble of finished runs of `--teachers` (default `self_training`) for the same pair, one
+  per seed of `--teacher-seeds` (default: the `--seeds` given), into a student (the recipe's model; e.g.
+  `--variant half -- model.num_layers=3 model.layer_choice=spread` for a 3-layer student).
 
 Results: `<out>/<method>[+variant]/<S>-<T>.seed<k>.json`. The per-pair table (rows: methods; columns: the 12
 pairs and the average; mean +- std over the seeds that exist) is printed and written to `<out>/table.md`,
@@ -78,8 +86,13 @@ def for_method(overrides: list[str], method: str) -> list[str]:
     return keep
 
 
+def method_dir(method: str) -> str:
+    """A folder name for a method or a stack: `dapt>self_training` -> `dapt-then-self_training`."""
+    return method.replace(">", "-then-")
+
+
 def result_path(args, method: str, pair: str, seed: int) -> Path:
-    name = method + (f"+{args.variant}" if args.variant else "")
+    name = method_dir(method) + (f"+{args.variant}" if args.variant else "")
     return args.out / name / f"{pair.replace(':', '-')}.seed{seed}.json"
 
 
@@ -95,9 +108,35 @@ def pair_record(report: dict, method: str, pair: str, seed: int, split: str, arg
             **rec, **(extra or {})}
 
 
-def run_dir(args, method: str, pair: str, seed: int) -> Path:
-    name = method + (f"+{args.variant}" if args.variant else "")
+def run_dir(args, method: str, pair: str, seed: int, variant: str | None = "") -> Path:
+    """Where a run's directory is. `variant=None`: the plain method's (a stack's first stage or a teacher)."""
+    variant = args.variant if variant == "" else variant
+    name = method_dir(method) + (f"+{variant}" if variant else "")
     return args.work / name / f"{pair.replace(':', '-')}.seed{seed}"
+
+
+def finished_run(args, method: str, pair: str, seed: int) -> Path:
+    """The finished plain run of `method` for this pair and seed (source_only's is shared by its source)."""
+    if method == "source_only":
+        pair = pair.split(":")[0] + ":all"
+    rd = run_dir(args, method, pair, seed, variant=None)
+    if not (rd / "report.json").exists():
+        raise AdaptError(f"{method} {pair} seed {seed} has not finished ({rd}); run it first (earlier in --methods)")
+    return rd
+
+
+def stage_overrides(args, method: str, pair: str, seed: int) -> tuple[str, list[str], dict]:
+    """For a stack `A>B` or `distill`: the method that trains, and the overrides that point it at earlier runs."""
+    if ">" in method:
+        first, method = method.rsplit(">", 1)
+        start = finished_run(args, first, pair, seed) if ">" not in first else \
+            run_dir(args, first, pair, seed, variant=None)
+        return method, [f"model.init_from={start}"], {"init_from": str(start)}
+    if method == "distill":
+        seeds = [int(x) for x in (args.teacher_seeds or args.seeds).split(",")]
+        teachers = [str(finished_run(args, args.teachers, pair, s)) for s in seeds]
+        return method, [f"method.distill.teachers=[{','.join(teachers)}]"], {"teachers": teachers}
+    return method, [], {}
 
 
 def env(args) -> dict:
@@ -113,21 +152,25 @@ def run_source_only(args, source: str, pairs: list[str], seed: int) -> None:
     rd = run_dir(args, "source_only", f"{source}:all", seed)
     overrides = [*pair_overrides(source, first.split(":")[1], args), "method.name=source_only", f"seed={seed}",
                  *for_method(args.overrides, "source_only")]
-    report = run_training(RECIPE, overrides, rd, env=env(args))
+    # A finished run (its records lost, or a pair added later) is scored again, not retrained.
+    report = json.loads((rd / "report.json").read_text()) if (rd / "report.json").exists() else \
+        run_training(RECIPE, overrides, rd, env=env(args))
     for pair in todo:
         tgt = DOMAINS[pair.split(":")[1]]
-        split = "target_test"
-        if pair != first:
+        split = next((name for name, sp in report["splits"].items()  # the run's own target, or one scored before
+                      if sp.get("role") == "target" and sp.get("domain") == tgt and name.endswith("_test")), None)
+        if split is None:
             split = f"test_{tgt}"
-            if split not in report["splits"]:
-                spec = str(args.test_dir / f"{tgt}.test.jsonl") if args.test_dir else f"amazon:{tgt}/test"
-                cmd = [sys.executable, "-m", "adapt.evaluate_run", str(rd), "--test", f"{split}={spec}",
-                       "--role", "target", "--domain", tgt]
-                done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env(args)})
-                if done.returncode != 0:
-                    raise AdaptError(f"evaluate_run failed for {pair}: {done.stderr[-2000:]}")
-                report = json.loads((rd / "report.json").read_text())
+            spec = str(args.test_dir / f"{tgt}.test.jsonl") if args.test_dir else f"amazon:{tgt}/test"
+            cmd = [sys.executable, "-m", "adapt.evaluate_run", str(rd), "--test", f"{split}={spec}",
+                   "--role", "target", "--domain", tgt]
+            done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env(args)})
+            if done.returncode != 0:
+                raise AdaptError(f"evaluate_run failed for {pair}: {done.stderr[-2000:]}")
+            report = json.loads((rd / "report.json").read_text())
         rec = pair_record(report, "source_only", pair, seed, split, args, {"shared_run": str(rd)})
+        if split == "target_test":  # the run's unlabelled text is this target's: its label-free record applies
+            rec.update({k: report[k] for k in ("label_free", "alarms") if k in report})
         atomic_write_json(result_path(args, "source_only", pair, seed), rec)
         print(f"  source_only {pair} seed {seed}: target {100 * rec['target_accuracy']:.1f}", flush=True)
 
@@ -147,22 +190,25 @@ def mlm_checkpoint(args, target: str, seed: int, overrides: list[str]) -> Path |
     return None
 
 
-def run_method(args, method: str, pair: str, seed: int) -> None:
+def run_method(args, name: str, pair: str, seed: int) -> None:
     src, tgt = pair.split(":")
-    overrides = [*pair_overrides(src, tgt, args), f"method.name={method}", f"seed={seed}",
+    method, stage, extra = stage_overrides(args, name, pair, seed)
+    overrides = [*pair_overrides(src, tgt, args), f"method.name={method}", f"seed={seed}", *stage,
                  *for_method(args.overrides, method)]
-    extra = {}
     shareable = not any(o.startswith(("method.mlm.include_source=true", "method.mlm.checkpoint")) for o in args.overrides)
     if method in MLM_SHARED and shareable:
         ckpt = mlm_checkpoint(args, tgt, seed, overrides)
         if ckpt is not None:  # its own MLM settings (which matched) are in its mlm.json
             overrides = [o for o in overrides if not o.startswith("method.mlm.")] + [f"method.mlm.checkpoint={ckpt}"]
             extra["mlm_from"] = str(ckpt)
-    report = run_training(RECIPE, overrides, run_dir(args, method, pair, seed), env=env(args))
-    rec = pair_record(report, method, pair, seed, "target_test", args, extra)
+    report = run_training(RECIPE, overrides, run_dir(args, name, pair, seed), env=env(args))
+    rec = pair_record(report, name, pair, seed, "target_test", args, extra)
     rec["method_summary"] = report.get("method_summary", {})
-    atomic_write_json(result_path(args, method, pair, seed), rec)
-    print(f"  {method} {pair} seed {seed}: target {100 * rec['target_accuracy']:.1f} "
+    for key in ("label_free", "alarms"):  # label-free criteria of the final model (no target labels)
+        if key in report:
+            rec[key] = report[key]
+    atomic_write_json(result_path(args, name, pair, seed), rec)
+    print(f"  {name} {pair} seed {seed}: target {100 * rec['target_accuracy']:.1f} "
           f"({rec['train_seconds']:.0f} s training)", flush=True)
 
 
@@ -170,10 +216,17 @@ def run_method(args, method: str, pair: str, seed: int) -> None:
 # The table: adapt.compare renders a sweep directory (also `python -m adapt.report compare OUT`).
 
 
-def plan(args, methods: list[str], pairs: list[str], seeds: list[int]) -> list[tuple[str, Callable[[], None]]]:
-    """Every (method, pair, seed) whose result is missing, in the order a sweep should take them: the screening
-    pairs first, seed by seed, then the other pairs, seed by seed; within that the methods in the order given (so
-    `dapt` comes before `udalm`, which can then start from its MLM phase). A sweep stopped early has the screen."""
+def level(method: str) -> int:
+    """Which wave a method runs in: plain methods first, then what starts from or learns from their runs."""
+    return method.count(">") + (1 if method == "distill" or method.endswith(">distill") else 0)
+
+
+def plan(args, methods: list[str], pairs: list[str], seeds: list[int]) -> list[list[tuple[str, Callable[[], None]]]]:
+    """Every (method, pair, seed) whose result is missing, in waves (a stack or a student only runs once the runs
+    it starts from or learns from are done, even with --jobs > 1), and within a wave in the order a sweep should
+    take them: the screening pairs first, seed by seed, then the other pairs, seed by seed; within that the methods
+    in the order given (so `dapt` comes before `udalm`, which can then start from its MLM phase). A sweep stopped
+    early has the screen."""
     todo = []
     for seed in seeds:
         for rank, method in enumerate(methods):
@@ -181,15 +234,18 @@ def plan(args, methods: list[str], pairs: list[str], seeds: list[int]) -> list[t
                 for source in dict.fromkeys(pr.split(":")[0] for pr in pairs):
                     mine = [pr for pr in pairs if pr.startswith(source + ":")]
                     if any(not result_path(args, method, pr, seed).exists() for pr in mine):
-                        todo.append(((False, seed, rank), f"source_only {source}:* seed {seed}",
+                        todo.append(((0, False, seed, rank), f"source_only {source}:* seed {seed}",
                                      partial(run_source_only, args, source, mine, seed)))
                 continue
             for pair in pairs:
                 if not result_path(args, method, pair, seed).exists():
-                    todo.append(((pair not in SCREEN_PAIRS, seed, rank), f"{method} {pair} seed {seed}",
+                    todo.append(((level(method), pair not in SCREEN_PAIRS, seed, rank), f"{method} {pair} seed {seed}",
                                  partial(run_method, args, method, pair, seed)))
     todo.sort(key=lambda t: t[0])  # stable: pairs keep their order within a key
-    return [(name, fn) for _, name, fn in todo]
+    waves: dict[int, list] = {}
+    for key, name, fn in todo:
+        waves.setdefault(key[0], []).append((name, fn))
+    return [waves[k] for k in sorted(waves)]
 
 
 def execute(todo: list[tuple[str, Callable[[], None]]], jobs: int) -> list[tuple[str, Exception]]:
@@ -231,6 +287,8 @@ def main() -> int:
                    help="trainings run at once (a GPU has room for several small ones; give each a few CPU threads, "
                         "e.g. OMP_NUM_THREADS=2). Default 1")
     p.add_argument("--table-only", action="store_true", help="only rebuild the table from the results")
+    p.add_argument("--teachers", default="self_training", help="`distill`: the method whose finished runs teach")
+    p.add_argument("--teacher-seeds", default=None, help="`distill`: the teachers' seeds (default: --seeds)")
     p.add_argument("overrides", nargs="*", help="recipe overrides for every run (after --)")
     args = p.parse_args()
     if args.table_only:
@@ -247,7 +305,7 @@ def main() -> int:
     if existing and not args.resume:
         p.error(f"{len(existing)} of these results already exist in {args.out}; pass --resume to continue")
     start = time.perf_counter()
-    failures = execute(plan(args, methods, pairs, seeds), args.jobs)
+    failures = [f for wave in plan(args, methods, pairs, seeds) for f in execute(wave, args.jobs)]
     print(write_table(args.out))
     print(f"wall time {time.perf_counter() - start:.0f} s; machine: {os.cpu_count()} cores")
     shutil.rmtree(args.work / "tmp", ignore_errors=True)

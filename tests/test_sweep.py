@@ -84,7 +84,8 @@ def test_benchmark_plan_takes_the_screen_first_and_skips_what_exists(tmp_path):
     done = tmp_path / "dann" / "B-K.seed1.json"
     done.parent.mkdir(parents=True)
     done.write_text("{}")
-    names = [name for name, _ in bench.plan(args, ["source_only", "dapt", "dann"], ["B:K", "B:E", "D:E"], [1, 2])]
+    names = [name for wave in bench.plan(args, ["source_only", "dapt", "dann"], ["B:K", "B:E", "D:E"], [1, 2])
+             for name, _ in wave]
     assert names == [
         # screening pairs (B:K, D:E), seed 1 then seed 2; source_only as one task per source; dann B:K seed 1 exists
         "source_only B:* seed 1", "source_only D:* seed 1", "dapt B:K seed 1", "dapt D:E seed 1", "dann D:E seed 1",
@@ -93,6 +94,32 @@ def test_benchmark_plan_takes_the_screen_first_and_skips_what_exists(tmp_path):
         # then the other pairs
         "dapt B:E seed 1", "dann B:E seed 1", "dapt B:E seed 2", "dann B:E seed 2",
     ]
+
+
+def test_benchmark_stacks_and_students_wait_for_the_runs_they_start_from(tmp_path):
+    bench = _load_benchmark()
+    args = argparse.Namespace(out=tmp_path, work=tmp_path / "work", variant="half", seeds="1,2", teacher_seeds=None,
+                              teachers="self_training")
+    waves = bench.plan(args, ["distill", "dapt>self_training", "dapt", "self_training"], ["B:K"], [1])
+    assert [[name for name, _ in wave] for wave in waves] == [
+        ["dapt B:K seed 1", "self_training B:K seed 1"],  # plain methods first, whatever order --methods gave
+        ["distill B:K seed 1", "dapt>self_training B:K seed 1"],
+    ]
+    assert bench.result_path(args, "dapt>self_training", "B:K", 1).parent.name == "dapt-then-self_training+half"
+    with pytest.raises(AdaptError, match="dapt B:K seed 1 has not finished"):
+        bench.stage_overrides(args, "dapt>self_training", "B:K", 1)
+    for method, seed in (("dapt", 1), ("self_training", 1), ("self_training", 2), ("source_only", 1)):
+        rd = bench.run_dir(args, method, "B:all" if method == "source_only" else "B:K", seed, variant=None)
+        rd.mkdir(parents=True)
+        (rd / "report.json").write_text("{}")
+    # A stack starts from the plain (variant-free) run of its first stage; a student learns from plain teachers.
+    method, overrides, _ = bench.stage_overrides(args, "dapt>self_training", "B:K", 1)
+    assert method == "self_training" and overrides == [f"model.init_from={tmp_path / 'work' / 'dapt' / 'B-K.seed1'}"]
+    method, overrides, extra = bench.stage_overrides(args, "distill", "B:K", 1)
+    teachers = [str(tmp_path / "work" / "self_training" / f"B-K.seed{s}") for s in (1, 2)]
+    assert method == "distill" and overrides == [f"method.distill.teachers=[{','.join(teachers)}]"]
+    args.teachers, args.teacher_seeds = "source_only", "1"  # its run is shared by the source
+    assert bench.stage_overrides(args, "distill", "B:K", 1)[2]["teachers"][0].endswith("source_only/B-all.seed1")
 
 
 def test_benchmark_execute_reports_a_failed_run_and_goes_on(capsys):
@@ -141,3 +168,31 @@ def test_significance_pools_the_pairs_a_method_shares_with_source_only(tmp_path)
     (results / "dapt+long" / "B-K.seed1.json").write_text(json.dumps({"pair": "B:K", "seed": 1}))
     variant = sig.pooled(work, results, "dapt+long")
     assert variant["runs"] == ["B:K.seed1"] and variant["method_accuracy"] == 0.5
+
+
+def test_label_free_benchmark_correlates_and_selects(tmp_path):
+    lf = _load_benchmark("amazon_label_free")
+
+    def result(method: str, pair: str, seed: int, acc: float, dev_f1: float, entropy: float) -> None:
+        path = tmp_path / method / f"{pair.replace(':', '-')}.seed{seed}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({
+            "method": method, "variant": None, "pair": pair, "seed": seed, "target_accuracy": acc,
+            "splits": {"source_dev": {"macro_f1": dev_f1, "accuracy": dev_f1}},
+            "label_free": {"criteria": {"entropy": entropy, "im": 0.1}}}))
+
+    # Entropy (lower is better) ranks the runs exactly as target accuracy does; source dev prefers the worse run.
+    result("a", "B:K", 1, 0.80, 0.95, 0.30)
+    result("b", "B:K", 1, 0.90, 0.90, 0.10)
+    result("a", "D:E", 1, 0.70, 0.93, 0.50)
+    result("b", "D:E", 1, 0.85, 0.92, 0.20)
+    runs = lf.load_runs(tmp_path, None)
+    corr = lf.correlations(runs)
+    assert corr["entropy"]["spearman"] == pytest.approx(1.0) and corr["entropy"]["runs"] == 4
+    assert corr["im"]["spearman"] is None  # constant: says nothing
+    assert corr["dev"]["runs"] == 0
+    sel = lf.selection(runs)
+    assert sel["cells"] == 2 and sel["entropy"]["mean_target_accuracy"] == pytest.approx(0.875)
+    assert sel["source_dev"]["mean_target_accuracy"] == pytest.approx(0.75) and sel["oracle"]["picked"] == {"a": 0, "b": 2}
+    assert lf.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert "| entropy | 4 | +1.00 |" in lf.render({"correlations": corr, "selection": sel})
