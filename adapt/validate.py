@@ -30,9 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     recipe = load_recipe(args.recipe, args.overrides)
     from adapt.data.specs import spec_problems
-    from adapt.model.limits import model_problems
+    from adapt.model.limits import start_problems
 
-    problems = spec_problems(recipe) + model_problems(recipe.model.name_or_path, recipe.data.max_length)
+    problems = spec_problems(recipe) + start_problems(recipe.model, recipe.data.max_length, recipe.data.label_names)
     if problems:
         raise RecipeError(problems)
     print(f"# {args.recipe}: valid. Resolved recipe (paths absolute, defaults filled in):")

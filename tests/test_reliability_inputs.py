@@ -212,7 +212,7 @@ def test_a_hub_model_not_on_this_machine_is_checked_when_it_loads(tiny_recipe, t
     hub_model = ["model.name_or_path=someone/no-such-model", "data.max_length=100000"]
     assert validate_main([str(tiny_recipe), *hub_model]) == 0
     # What a model known only once it loads meets: the early check finds no config on this machine.
-    monkeypatch.setattr(adapt.training.run, "model_problems", lambda *args: [])
+    monkeypatch.setattr(adapt.training.run, "start_problems", lambda *args: [])
     out = tmp_path / "run"
     err = fail([str(tiny_recipe), f"output_dir={out}", "data.max_length=100000"], capsys)
     assert "takes at most 64 tokens per example" in err and not out.exists()

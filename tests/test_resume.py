@@ -104,6 +104,15 @@ def test_resuming_with_a_different_recipe_is_refused(tiny_recipe, tmp_path, monk
 
     with pytest.raises(AdaptError, match=r"different recipe \(train.lr: 0.005 -> 0.001\)"):
         run(load_recipe(tiny_recipe, [*BASE, f"output_dir={out}", "train.lr=1e-3"]))
+    # A key adapt gained after the run started (absent from its saved recipe) is no change at its default, but is
+    # one at another value.
+    import yaml
+
+    saved = yaml.safe_load((out / "recipe.yaml").read_text())
+    del saved["eval"]["label_free_examples"]
+    (out / "recipe.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(AdaptError, match=r"different recipe \(eval.label_free_examples: 1000 -> 50\)"):
+        run(load_recipe(tiny_recipe, [*BASE, f"output_dir={out}", "eval.label_free_examples=50"]))
     # Changing only how long it runs is a continuation, not another experiment.
     report = run(load_recipe(tiny_recipe, [*BASE, f"output_dir={out}", "train.max_steps=10"]))
     assert report["training"]["optimizer_steps"] == 10

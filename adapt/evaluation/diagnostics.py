@@ -21,7 +21,8 @@ from datasets import Dataset
 from adapt.core.fileio import atomic_write_json
 from adapt.core.rundir import RunDir
 from adapt.data.features import Collator, classifier_inputs, eval_loader
-from adapt.model.loading import ResolvedModel, load_encoder
+from adapt.model.loading import ResolvedModel
+from adapt.model.start import load_start_encoder
 from adapt.recipe import Recipe
 
 _WORD = re.compile(r"[a-z0-9']+")
@@ -102,6 +103,7 @@ def compute_diagnostics(trained: torch.nn.Module, pretrained: torch.nn.Module, s
 def write_diagnostics(run: RunDir, classifier, resolved: ResolvedModel, splits: dict, tokenized: dict, recipe: Recipe,
                       collate: Collator, device) -> None:
     """diagnostics.json (main process): domain-shift measures for the report (see above)."""
-    pretrained = load_encoder(resolved, recipe.model.attention).to(device)
+    # The encoder the run started from: the pretrained one, or `model.init_from`'s; the kept `model.num_layers`.
+    pretrained = load_start_encoder(resolved, recipe.model.attention).to(device)
     atomic_write_json(run.diagnostics, compute_diagnostics(classifier, pretrained, splits, tokenized, recipe, collate,
                                                            device))

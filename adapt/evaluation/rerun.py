@@ -11,8 +11,8 @@ from adapt.data.features import Collator, tokenize, tokenize_splits
 from adapt.data.splits import load_extra_split, load_splits
 from adapt.evaluation.diagnostics import write_diagnostics
 from adapt.evaluation.scoring import evaluate_all, score_split
-from adapt.model.loading import resolve_model
 from adapt.model.saving import load_saved_model
+from adapt.model.start import recorded_start
 from adapt.recipe import load_recipe
 from adapt.reporting.report import load_report, write_reports
 from adapt.training.accelerator import setup_accelerator, shutdown
@@ -62,7 +62,7 @@ def _diagnostics(run: RunDir, recipe, report: dict, model, tokenizer, accelerato
 
     splits = load_splits(recipe)[0]
     tokenized = {n: tokenize(splits[n].dataset, tokenizer, recipe.data, n) for n in ("source_test", "target_test")}
-    write_diagnostics(run, model, resolve_model(report["model"]["name_or_path"]), splits, tokenized, recipe,
+    write_diagnostics(run, model, recorded_start(report["model"]), splits, tokenized, recipe,
                       Collator(tokenizer.pad_token_id), accelerator.device)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -14,13 +16,24 @@ from adapt.core.fileio import write_jsonl
 from adapt.core.rundir import RunDir
 from adapt.data.features import Collator, classifier_inputs, eval_loader
 from adapt.data.splits import Split
+from adapt.evaluation.label_free import LabelFreeInputs, compute_criteria
 from adapt.evaluation.metrics import classification_metrics
+from adapt.model.heads import classifier_of
 from adapt.recipe import Recipe
 
 
 def predict_logits(accelerator: Accelerator, model: torch.nn.Module, ds: Dataset, batch_size: int, collate: Collator) -> np.ndarray:
-    """Logits for every row of `ds`, in row order, computed on all processes.
+    """Logits for every row of `ds`, in row order, computed on all processes."""
+    return predict_outputs(accelerator, model, ds, batch_size, collate)[0]
 
+
+def predict_outputs(accelerator: Accelerator, model: torch.nn.Module, ds: Dataset, batch_size: int, collate: Collator,
+                    features: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Logits (and, with `features`, the classifier's representation) for every row of `ds`, in row order, on all
+    processes.
+
+    The features are the last hidden state at position 0 ([CLS]), what BERT's pooler and DANN's discriminator read;
+    taken before the pooler so that they do not depend on whether a model has one.
     `gather_for_metrics` drops the copies that sharding adds to even out the last batches; the row index travels
     with each prediction, and we check that every row came back exactly once.
     """
@@ -33,11 +46,16 @@ def predict_logits(accelerator: Accelerator, model: torch.nn.Module, ds: Dataset
     net = accelerator.unwrap_model(model)  # no DDP hooks needed for inference
     was_training = net.training
     net.eval()
-    idx_parts, logit_parts = [], []
+    idx_parts, logit_parts, feature_parts = [], [], []
     with torch.inference_mode():
         for batch in loader:
-            logits = net(**classifier_inputs(batch)).logits.float()
-            idx, logits = accelerator.gather_for_metrics((batch["idx"], logits))
+            if features:
+                out = classifier_of(net)(**classifier_inputs(batch), output_hidden_states=True)
+                idx, logits, feats = accelerator.gather_for_metrics(
+                    (batch["idx"], out.logits.float(), out.hidden_states[-1][:, 0].float()))
+                feature_parts.append(feats.cpu())
+            else:
+                idx, logits = accelerator.gather_for_metrics((batch["idx"], net(**classifier_inputs(batch)).logits.float()))
             idx_parts.append(idx.cpu())
             logit_parts.append(logits.cpu())
     net.train(was_training)
@@ -45,8 +63,12 @@ def predict_logits(accelerator: Accelerator, model: torch.nn.Module, ds: Dataset
     counts = np.bincount(idx, minlength=len(ds))
     if len(idx) != len(ds) or not (counts == 1).all():
         raise RuntimeError(f"evaluation gathered {len(idx)} predictions for {len(ds)} rows (duplicates or gaps)")
-    out = np.empty((len(ds), logit_parts[0].shape[1]), dtype=np.float32)
-    out[idx] = torch.cat(logit_parts).numpy()
+    return _in_row_order(idx, logit_parts), _in_row_order(idx, feature_parts) if features else None
+
+
+def _in_row_order(idx: np.ndarray, parts: list[torch.Tensor]) -> np.ndarray:
+    out = np.empty((len(idx), parts[0].shape[1]), dtype=np.float32)
+    out[idx] = torch.cat(parts).numpy()
     return out
 
 
@@ -84,3 +106,53 @@ def evaluate_all(accelerator: Accelerator, model, splits: dict[str, Split], toke
         results[name] = {**entry, "kind": "test" if name.endswith("_test") else "dev"}
         seconds, n = seconds + secs, n + entry["n"]
     return results, n / max(seconds, 1e-9)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Label-free criteria (`adapt.evaluation.label_free`) on a fixed sample of the unlabelled target text.
+
+
+@dataclass
+class LabelFreeProbe:
+    """What the label-free criteria are computed on, fixed for the whole run so every evaluation is comparable."""
+
+    target: Dataset  # a seeded sample of tokenised target_unlabeled rows, `idx` renumbered 0..n-1
+    source_dev: Dataset  # tokenised labelled source dev (DEV's validation set)
+    source_labels: np.ndarray
+    source_prior: np.ndarray  # label shares of the source training data
+    label_names: list[str]
+
+
+def label_free_probe(splits: dict[str, Split], tokenized: dict[str, Dataset], label_names: list[str],
+                     examples: int, seed: int) -> LabelFreeProbe | None:
+    """The probe for a run, or None when it has no unlabelled target text."""
+    if "target_unlabeled" not in tokenized:
+        return None
+    target = tokenized["target_unlabeled"]
+    if len(target) > examples:  # a bounded, seeded sample: the criteria then cost the same at every evaluation
+        target = target.select(np.sort(np.random.default_rng(seed).choice(len(target), examples, replace=False)))
+    target = target.map(lambda b, i: {"idx": i}, batched=True, with_indices=True, keep_in_memory=True,
+                        desc="label-free sample")
+    counts = np.bincount(np.asarray(splits["source_train"].dataset["label"]), minlength=len(label_names))
+    return LabelFreeProbe(target, tokenized["source_dev"], np.asarray(splits["source_dev"].dataset["label"]),
+                          counts / counts.sum(), label_names)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    return torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
+
+
+def score_label_free(accelerator: Accelerator, model: torch.nn.Module, probe: LabelFreeProbe, batch_size: int,
+                     collate: Collator, domain_acc: Sequence[float] = ()) -> dict:
+    """The criteria for `model`, and the class shares it predicts on the target sample, identical on every process
+    (computed from gathered arrays)."""
+    t_logits, t_feats = predict_outputs(accelerator, model, probe.target, batch_size, collate, features=True)
+    s_logits, s_feats = predict_outputs(accelerator, model, probe.source_dev, batch_size, collate, features=True)
+    losses = torch.nn.functional.cross_entropy(torch.from_numpy(s_logits), torch.from_numpy(probe.source_labels),
+                                               reduction="none").numpy()
+    probs = _softmax(t_logits)
+    inputs = LabelFreeInputs(probs, probe.source_prior, s_feats, losses, t_feats)
+    shares = np.bincount(probs.argmax(-1), minlength=len(probe.label_names)) / len(probs)
+    return {"examples": len(probs), "criteria": compute_criteria(inputs, domain_acc),
+            "predicted_distribution": dict(zip(probe.label_names, shares.tolist())),
+            "source_prior": dict(zip(probe.label_names, probe.source_prior.tolist()))}

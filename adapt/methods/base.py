@@ -58,6 +58,9 @@ class Phase:
     lr: float | None = None  # peak learning rate of this phase (default: train.lr)
     head_lr: dict[str, float] | None = None  # peak learning rate of a method's head, by name in `heads()`
     after: Callable[[Any], None] | None = None  # called with the loop context on every process when the phase ends
+    # Called with the loop context on every process right after each optimizer step, before the step counters
+    # move on (a mean teacher's weight average); the unwrapped model is `accelerator.unwrap_model(ctx.model)`.
+    on_step: Callable[[Any], None] | None = None
 
 
 @dataclass

@@ -8,7 +8,8 @@ A method registers two things from its package's `__init__.py` (see `adapt/metho
   by the dataclass's own `problems()`;
 - `register_method("dann", impl="adapt.methods.dann.method:Dann", ...)`: the class that trains it (imported
   only when a run starts), the option sections it reads, the data it requires, a sentence for model cards and
-  reports, and optionally how its facts in `report.json`'s `method_summary` read in the report.
+  reports, and optionally how its facts in `report.json`'s `method_summary` read in the report and recipe checks
+  that hold only when it is the chosen method (`checks`, e.g. `distill`'s required teachers).
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ class MethodSpec:
     # Markdown lines for the report from `report.json`'s method_summary (beyond the per-phase losses, which every
     # method's report shows); None when the method records nothing of its own.
     report_lines: Callable[[dict], list[str]] | None = None
+    # Recipe-wide checks that hold only when this method is chosen (every option set's own `problems()` runs for
+    # every recipe, with the defaults of methods not chosen): e.g. a key it needs, or data needed for one setting.
+    checks: Callable[[Any], list[str]] | None = None
 
 
 _METHODS: dict[str, MethodSpec] = {}
@@ -63,11 +67,12 @@ def register_options(cls: type, *, section: str | None, help: str = "") -> type:
 
 
 def register_method(name: str, *, impl: str, description: str, options: tuple[str, ...] = (),
-                    requires: tuple[str, ...] = (), report_lines: Callable[[dict], list[str]] | None = None) -> MethodSpec:
+                    requires: tuple[str, ...] = (), report_lines: Callable[[dict], list[str]] | None = None,
+                    checks: Callable[[Any], list[str]] | None = None) -> MethodSpec:
     """Add a method by name; a duplicate name is a programming error, as in peft's `register_peft_method`."""
     if name in _METHODS:
         raise ValueError(f"method {name!r} is already registered (by {_METHODS[name].impl})")
-    spec = MethodSpec(name, impl, description, tuple(options), tuple(requires), report_lines)
+    spec = MethodSpec(name, impl, description, tuple(options), tuple(requires), report_lines, checks)
     _METHODS[name] = spec
     return spec
 

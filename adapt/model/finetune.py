@@ -13,11 +13,12 @@ from adapt.model.loading import quiet_adapter_loading
 from adapt.recipe import ModelConfig
 
 
-def _encoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
-    base = getattr(model, model.base_model_prefix)
+def encoder_layers(model: torch.nn.Module, key: str = "`model.num_layers`") -> torch.nn.ModuleList:
+    """The encoder's layers (`<base>.encoder.layer`, BERT-style); `key` is the recipe key that needs them."""
+    base = getattr(model, model.base_model_prefix, model)  # a classifier's encoder, or the bare encoder itself
     layers = getattr(getattr(base, "encoder", None), "layer", None)
     if layers is None:
-        raise AdaptError(f"`model.finetune=freeze` needs a BERT-style encoder (`encoder.layer`); {type(model).__name__} has none")
+        raise AdaptError(f"{key} needs a BERT-style encoder (`encoder.layer`); {type(model).__name__} has none")
     return layers
 
 
@@ -39,7 +40,7 @@ def apply_finetune(model: torch.nn.Module, cfg: ModelConfig) -> tuple[torch.nn.M
         for n, p in model.named_parameters():
             p.requires_grad_(n in head)
         return model, {"trainable": sorted(head)}
-    layers = _encoder_layers(model)
+    layers = encoder_layers(model, "`model.finetune=freeze`")  # after `num_layers`: half of the kept layers
     frozen = len(layers) // 2 if cfg.freeze_layers is None else cfg.freeze_layers
     if frozen > len(layers):
         raise AdaptError(f"`model.freeze_layers` is {frozen} but the encoder has only {len(layers)} layers")
@@ -70,13 +71,14 @@ def _apply_lora(model: torch.nn.Module, cfg: ModelConfig) -> tuple[torch.nn.Modu
     return peft_model, {"lora": {"r": lora.r, "alpha": lora.alpha, "target_modules": list(lora.target_modules)}}
 
 
-def pretrained_parameter_names(model: torch.nn.Module, model_path: str) -> list[str]:
+def pretrained_parameter_names(model: torch.nn.Module, model_path: str | None) -> list[str]:
     """Trainable encoder parameters that come from the checkpoint (for L2-SP): inside the base encoder and, when
-    the checkpoint's files can be read, present in them (a pooler missing from the checkpoint starts fresh)."""
+    the checkpoint's files can be read, present in them (a pooler missing from the checkpoint starts fresh).
+    `model_path` None: every encoder weight is a starting point (a run started from another run's model)."""
     from safetensors import safe_open
 
     prefix = model.base_model_prefix + "."
-    files = sorted(Path(model_path).glob("*.safetensors")) if os.path.isdir(model_path) else []
+    files = sorted(Path(model_path).glob("*.safetensors")) if model_path and os.path.isdir(model_path) else []
     keys: set[str] | None = None
     for f in files:
         with safe_open(str(f), "pt") as sf:

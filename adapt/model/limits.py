@@ -9,6 +9,8 @@ from pathlib import Path
 
 from adapt.core.errors import AdaptError
 from adapt.hub.ids import looks_like_path
+from adapt.model.init_run import base_problem, label_problem, read_init_run
+from adapt.recipe import ModelConfig
 
 EMBEDDED_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 
@@ -87,3 +89,34 @@ def model_problems(name_or_path: str, max_length: int) -> list[str]:
         return [str(err)]
     problem = config and max_length_problem(max_length, config, name_or_path)
     return [problem] if problem else []
+
+
+def layers_problem(num_layers: int | None, config: dict, model: str) -> str | None:
+    total = config.get("num_hidden_layers")
+    if num_layers is None or not isinstance(total, int) or num_layers <= total:
+        return None
+    return (f"`model.num_layers` is {num_layers}, but the model {model} has only {total} encoder layers; set "
+            f"`model.num_layers` to {total} or less")
+
+
+def start_problems(cfg: ModelConfig, max_length: int, label_names: list[str] | None = None) -> list[str]:
+    """`model_problems` for the model a run starts from (`cfg` is the recipe's `ModelConfig`): the pretrained
+    model, or the finished run `model.init_from` names (a finished run, the same labels when the recipe lists
+    them, `model.name_or_path` not contradicting it); and `model.num_layers` within its layers. No torch."""
+    if cfg.init_from is None:
+        problems = model_problems(cfg.name_or_path, max_length)
+        try:
+            config = local_config(cfg.name_or_path)
+        except AdaptError:
+            config = None  # already a problem above
+        return problems + [p for p in [config and layers_problem(cfg.num_layers, config, cfg.name_or_path)] if p]
+    try:
+        init = read_init_run(cfg.init_from)
+        config = read_model_config(init.model_dir) or {}
+    except AdaptError as err:
+        return [str(err)]
+    where = f"{init.model_dir} (`model.init_from`)"
+    found = [base_problem(init, cfg.name_or_path, ModelConfig().name_or_path),
+             label_problem(init, label_names) if label_names is not None else None,
+             max_length_problem(max_length, config, where), layers_problem(cfg.num_layers, config, where)]
+    return [p for p in found if p]

@@ -25,6 +25,14 @@ class ResolvedModel:
     name_or_path: str  # what the recipe said
     path: str  # what is loaded: a local directory, or a Hub id when the Hub is reachable
     local_only: bool  # load without network access (offline runs must not wait on retries)
+    # Where the run starts when not from the pretrained weights as they are (`adapt.model.start`):
+    init_dir: str | None = None  # `model.init_from`: the finished run's model/ (then also `path`)
+    layers: tuple[int, ...] | None = None  # `model.num_layers`: the encoder layers kept, of the loaded model's
+
+    @property
+    def stacked(self) -> bool:
+        """The starting weights are in no pretrained model folder as they are (another run's, or fewer layers)."""
+        return self.init_dir is not None or self.layers is not None
 
 
 def embedded_model_path() -> str:

@@ -21,8 +21,14 @@ from adapt.model.loading import (
 )
 
 
-def save_model(model: torch.nn.Module, tokenizer, out_dir: Path) -> None:
-    """`model/`: the full model, or the adapter + head for LoRA; plus the tokenizer."""
+def save_model(model: torch.nn.Module, tokenizer, out_dir: Path, *, merge: bool = False) -> None:
+    """`model/`: the full model, or the adapter + head for LoRA; plus the tokenizer. `merge`: a LoRA model is
+    saved with its adapter merged (from a copy: the model itself stays as it is), for a run whose starting
+    weights no pretrained folder holds, where an adapter alone could not be loaded back."""
+    if merge and hasattr(model, "merge_and_unload"):
+        import copy
+
+        model = copy.deepcopy(model).merge_and_unload()
     model.save_pretrained(str(out_dir))
     adapter_cfg = out_dir / "adapter_config.json"
     if adapter_cfg.exists():
@@ -65,11 +71,13 @@ def _adapter_base(adapter_cfg: Path) -> tuple[str, ResolvedModel]:
     return base, resolve_model(base)  # a Hub id resolves to the embedded copy when the Hub is unreachable
 
 
-def load_saved_model(model_dir: Path) -> torch.nn.Module:
-    """Load a run's `model/` (full model or LoRA adapter) for evaluation or prediction."""
+def load_saved_model(model_dir: Path, attention: str | None = None) -> torch.nn.Module:
+    """Load a run's `model/` (full model or LoRA adapter) for evaluation or prediction (`attention`: the attention
+    kernel, when not the model's default)."""
+    attn = {"attn_implementation": attention} if attention else {}
     adapter_cfg = model_dir / "adapter_config.json"
     if not adapter_cfg.exists():
-        return AutoModelForSequenceClassification.from_pretrained(str(model_dir), local_files_only=True)
+        return AutoModelForSequenceClassification.from_pretrained(str(model_dir), local_files_only=True, **attn)
     from peft import PeftModel
 
     base, resolved = _adapter_base(adapter_cfg)
@@ -77,7 +85,7 @@ def load_saved_model(model_dir: Path) -> torch.nn.Module:
     with quiet_adapter_loading():
         try:
             model = AutoModelForSequenceClassification.from_pretrained(
-                resolved.path, config=config, local_files_only=resolved.local_only)
+                resolved.path, config=config, local_files_only=resolved.local_only, **attn)
         except OSError as err:
             offline = resolved.local_only and resolved.path == base
             raise AdaptError(

@@ -181,6 +181,8 @@ def _is_path_spec(value: str) -> bool:
 
 def _absolute(value: Any, base: Path, *, model: bool = False) -> Any:
     """Make a path value absolute against `base`. A model name is only a path if it exists or looks like one."""
+    if isinstance(value, list):  # a list of paths (`method.distill.teachers`)
+        return [_absolute(v, base, model=model) for v in value]
     if not isinstance(value, str) or not value or not _is_path_spec(value):
         return value
     expanded = os.path.expanduser(value)
@@ -204,7 +206,8 @@ def _resolve_paths(raw: dict, cls: type, base: Path) -> dict:
         if _is_dataclass_type(inner) and isinstance(value, dict):
             out[key] = _resolve_paths(value, inner, base)
         elif f.metadata.get("path") and value not in f.metadata["keywords"]:
-            out[key] = _absolute(value, base, model=(cls is ModelConfig))
+            out[key] = _absolute(value, base, model=(cls is ModelConfig and key == "name_or_path")
+                                                 or f.metadata.get("hub_id", False))
     return out
 
 
@@ -242,8 +245,8 @@ def apply_overrides(raw: dict, overrides: list[str], cwd: Path, problems: list[s
             problems.append(problem)
             continue
         value = None if remove else _parse_cli_value(text, hint)
-        if isinstance(value, str) and f.metadata.get("path") and value not in f.metadata["keywords"]:
-            value = _absolute(value, cwd, model=key == "model.name_or_path")
+        if isinstance(value, (str, list)) and f.metadata.get("path") and value not in f.metadata["keywords"]:
+            value = _absolute(value, cwd, model=key == "model.name_or_path" or f.metadata.get("hub_id", False))
         _set_dotted(raw, key, value, remove)
     return raw
 
@@ -296,6 +299,11 @@ def _check(recipe: Recipe) -> list[str]:
         p.append(f"`model.freeze_layers` is set but `model.finetune` is `{m.finetune}`; set `model.finetune=freeze` or remove it")
     if m.freeze_layers is not None and m.freeze_layers < 0:
         p.append(f"`model.freeze_layers` must be >= 0, got {m.freeze_layers}")
+    if m.num_layers is not None and m.num_layers < 1:
+        p.append(f"`model.num_layers` must be >= 1, got {m.num_layers}")
+    if m.layer_choice != "lower" and m.num_layers is None:
+        p.append(f"`model.layer_choice` is `{m.layer_choice}` but `model.num_layers` is not set; set "
+                 "`model.num_layers` (how many layers to keep) or remove `model.layer_choice`")
     if m.lora is not None:
         if m.lora.r <= 0:
             p.append(f"`model.lora.r` must be > 0, got {m.lora.r}")
@@ -309,7 +317,7 @@ def _check(recipe: Recipe) -> list[str]:
         ("train.epochs", t.epochs, 1), ("train.batch_size", t.batch_size, 1), ("train.grad_accum", t.grad_accum, 1),
         ("train.checkpoint_every_steps", t.checkpoint_every_steps, 1), ("train.keep_checkpoints", t.keep_checkpoints, 1),
         ("train.num_workers", t.num_workers, 0), ("eval.batch_size", e.batch_size, 1),
-        ("eval.diagnostics_examples", e.diagnostics_examples, 10),
+        ("eval.diagnostics_examples", e.diagnostics_examples, 10), ("eval.label_free_examples", e.label_free_examples, 10),
         ("report.log_every_steps", recipe.report.log_every_steps, 1),
     ):
         if value is not None and value < low:
@@ -331,6 +339,7 @@ def _check(recipe: Recipe) -> list[str]:
         p.append(f"`train.max_grad_norm` must be > 0 or null, got {t.max_grad_norm}")
     if e.select_on == "target_dev" and not (d.target.dev or d.target.train):
         p.append("`eval.select_on: target_dev` needs labelled target data: set `data.target.dev` or `data.target.train`")
+    p += _check_label_free_selection(recipe)
     if recipe.hub.push and not recipe.hub.repo_id:
         p.append("`hub.push` is true but `hub.repo_id` is not set; give `hub.repo_id=USER/NAME`")
     if recipe.hub.repo_id is not None and recipe.hub.repo_id.count("/") != 1:
@@ -339,6 +348,29 @@ def _check(recipe: Recipe) -> list[str]:
     unknown = [t for t in recipe.report.trackers if t not in TRACKERS]
     if unknown:
         p.append(f"`report.trackers`: unknown tracker(s) {unknown}; choose from {', '.join(TRACKERS)}")
+    return p
+
+
+# Label-free selection criteria (`adapt.evaluation.label_free.CRITERIA`) that read a quantity only some methods
+# log: criterion -> the methods that log it.
+LOGGED_CRITERIA = {"domain_balance": ("dann",)}
+
+
+def _check_label_free_selection(recipe: Recipe) -> list[str]:
+    """A label-free `eval.select_on` needs the unlabelled target text it reads (and, for a criterion taken from the
+    training log, a method that logs it)."""
+    e, p = recipe.eval, []
+    if e.select_on in ("source_dev", "target_dev"):
+        return p
+    if not recipe.data.target.unlabeled:
+        p.append(f"`eval.select_on: {e.select_on}` is a label-free criterion on the unlabelled target text and needs "
+                 f"`data.target.unlabeled`; set it (e.g. `data.target.unlabeled=path/to/file.jsonl`) or select on "
+                 "`source_dev`")
+    methods = LOGGED_CRITERIA.get(e.select_on)
+    if methods and recipe.method.name not in methods:
+        p.append(f"`eval.select_on: {e.select_on}` reads the domain discriminator's logged accuracy, which only method "
+                 f"{', '.join(f'`{m}`' for m in methods)} logs, not `method.name={recipe.method.name}`; choose another "
+                 "criterion (e.g. `eval.select_on=im`) or `method.name=dann`")
     return p
 
 
@@ -365,6 +397,8 @@ def _check_method(recipe: Recipe) -> list[str]:
         role, split = key.split(".")[1:]
         if not getattr(getattr(recipe.data, role), split):
             p.append(f"method `{m.name}` needs `{key}`; set it (e.g. `{key}=path/to/file.jsonl`) or choose another method")
+    if spec.checks is not None:
+        p += spec.checks(recipe)
     for opts in registered_options():
         if opts.section is not None:
             p += getattr(m, opts.section).problems()

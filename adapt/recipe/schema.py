@@ -103,6 +103,29 @@ class ModelConfig:
         None, "With `finetune: freeze`: encoder layers frozen above the embeddings (default: half of them)."
     )
     lora: LoraSection | None = option(None, "LoRA settings; only with `finetune: lora` (defaults apply when unset).")
+    init_from: str | None = option(
+        None,
+        "A finished run folder (report.json and model/) whose trained classifier, encoder and head (a LoRA adapter "
+        "merged into its base), this run starts from instead of a pretrained `name_or_path`, so stages stack: "
+        "dapt -> self_training -> distill. Its labels must be this run's, same names in the same order; its "
+        "tokenizer is used; `finetune` applies to its weights as usual. `name_or_path` is not loaded: leave it at "
+        "its default or name the same base model as that run (anything else is an error); the report records that "
+        "base and the chain of runs. A run that starts from another run, or keeps fewer `num_layers`, saves its "
+        "full model even with `finetune: lora` (the LoRA merged): its starting weights are in no other model folder.",
+        path=True,
+    )
+    num_layers: int | None = option(
+        None,
+        "Keep only this many encoder layers of the loaded model (a smaller, faster student; with `init_from`, of "
+        "that run's model), chosen by `layer_choice`; null keeps all. `freeze_layers` and its default half count "
+        "the kept layers.",
+    )
+    layer_choice: Literal["lower", "spread"] = option(
+        "lower",
+        "Which layers `num_layers` = N keeps of the model's L: the lowest N, or N spread from bottom to top, layer "
+        "floor(i * L / N) for i = 0..N-1: every other layer when N = L/2 ([0, 2, 4] of 6), as DistilBERT was "
+        "initialised from BERT (Sanh et al. 2019).",
+    )
 
 
 def _method_config() -> type:
@@ -176,8 +199,24 @@ class TrainConfig:
 class EvalConfig:
     batch_size: int = option(64, "Examples per evaluation batch per process.")
     selection_metric: Literal["macro_f1", "accuracy"] = option("macro_f1", "Metric for model selection and early stopping.")
-    select_on: Literal["source_dev", "target_dev"] = option(
-        "source_dev", "Split used for model selection; `target_dev` needs labelled target data."
+    select_on: Literal["source_dev", "target_dev", "entropy", "im", "class_balance", "snd", "dev", "domain_balance"] = option(
+        "source_dev",
+        "What model selection and early stopping compare: `eval.selection_metric` on a labelled dev split "
+        "(`source_dev`; `target_dev` needs labelled target data), or a label-free criterion on the unlabelled target "
+        "text (needs `data.target.unlabeled`): `entropy` (mean prediction entropy, lower better), `im` (information "
+        "maximisation, higher better), `class_balance` (KL of the predicted class shares from the source prior, "
+        "lower better), `snd` (soft neighbourhood density, higher better), `dev` (deep embedded validation: source "
+        "dev loss importance-weighted towards the target, lower better), `domain_balance` (distance of the "
+        "discriminator's logged domain accuracy from 0.5, lower better; method `dann` only). See `adapt/evaluation/label_free.py`.",
+    )
+    label_free: bool = option(
+        True, "Compute the label-free criteria at every selection evaluation (logged as `label_free_<name>` in "
+              "train_log.jsonl) and for the final model (`label_free` and `alarms` in the report), when the recipe "
+              "has `data.target.unlabeled`. Selecting on a criterion computes and logs them at each evaluation anyway.",
+    )
+    label_free_examples: int = option(
+        1000, "Unlabelled target texts the label-free criteria read: a fixed, seeded sample, so their cost is bounded "
+              "(SND builds an N x N similarity matrix).",
     )
     diagnostics: bool = option(
         True, "Write `diagnostics.json`: proxy A-distance between the source and target test texts (pretrained and "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from adapt.core.formatting import pct, pct_interval
 from adapt.methods import available_methods, method_spec
+from adapt.model.init_run import start_text
 
 
 def split_order(splits: dict) -> list[str]:
@@ -28,10 +29,13 @@ def report_context(report: dict, log: list[dict], diagnostics: dict | None = Non
         "loss": _loss(log),
         "method": _method(report),
         "diagnostics": _diagnostics(diagnostics) if diagnostics else None,
+        "alarms": report.get("alarms") or [],
+        "label_free": _label_free(report.get("label_free")),
         "model": {
             "name_or_path": m["name_or_path"], "resolved_path": m["resolved_path"], "finetune": m["finetune"],
             "params_trainable": f"{m['params_trainable']:,}", "params_total": f"{m['params_total']:,}",
             "trainable_percent": f"{100 * m['params_trainable'] / max(1, m['params_total']):.2f}",
+            "start": start_text(m),  # `model.init_from`'s chain of runs, `model.num_layers` kept
         },
         "timing": {
             "train_seconds": f"{t['train_seconds']:.1f}", "train_samples_per_second": f"{t['train_samples_per_second']:.1f}",
@@ -82,9 +86,12 @@ def _training(tr: dict) -> dict | None:
     sel = tr.get("selection", {})
     return {"optimizer_steps": tr.get("optimizer_steps", "?"), "epochs_run": tr.get("epochs_run", "?"),
             "effective_batch_size": tr.get("effective_batch_size", "?"), "selection_split": sel.get("split", "–"),
-            "selection_metric": sel.get("metric", "–"), "best_value": pct(sel.get("best_value")),
+            "selection_metric": sel.get("metric", "–"),
+            # A label-free criterion is no percentage (entropy is in nats, DEV a loss).
+            "best_value": _g(sel["best_value"]) if sel.get("label_free") and sel.get("best_value") is not None
+            else pct(sel.get("best_value")),
             "best_step": sel.get("best_step", "–"), "stopped_early": bool(tr.get("stopped_early")),
-            "selected_on_target": sel.get("split", "").startswith("target")}
+            "selected_on_target": sel.get("split", "").startswith("target") and not sel.get("label_free")}
 
 
 def _loss(log: list[dict]) -> dict | None:
@@ -117,6 +124,26 @@ def _method(report: dict) -> dict | None:
     return {"name": report["method"], "phases": rows,
             "report_lines": spec.report_lines(ms) if spec and spec.report_lines else [],
             "l2sp": ms.get("l2sp")}
+
+
+# How to read each label-free criterion (`adapt.evaluation.label_free`), in the report's table.
+_CRITERIA_HELP = {
+    "entropy": ("lower", "mean prediction entropy (confidence)"),
+    "im": ("higher", "information maximisation: confident and using every class"),
+    "class_balance": ("lower", "KL of the predicted class shares from the source prior"),
+    "snd": ("higher", "soft neighbourhood density of the target predictions"),
+    "dev": ("lower", "deep embedded validation: source dev loss weighted towards the target"),
+    "domain_balance": ("lower", "distance of the discriminator's domain accuracy from 0.5 (last quarter)"),
+}
+
+
+def _label_free(lf: dict | None) -> dict | None:
+    """The final model's label-free criteria on the unlabelled target sample, and the class shares it predicts."""
+    if not lf or not lf.get("criteria"):
+        return None
+    rows = [(k, _g(v), *_CRITERIA_HELP.get(k, ("–", ""))) for k, v in lf["criteria"].items()]
+    shares = [(k, pct(v), pct(lf.get("source_prior", {}).get(k))) for k, v in lf.get("predicted_distribution", {}).items()]
+    return {"examples": lf.get("examples", "?"), "rows": rows, "shares": shares}
 
 
 def _diagnostics(d: dict) -> dict:

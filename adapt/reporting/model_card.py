@@ -21,6 +21,7 @@ from adapt.core.formatting import pct, pct_interval
 from adapt.core.rundir import RunDir, portable_paths
 from adapt.hub.ids import CANONICAL_IDS, hub_model_id
 from adapt.methods import describe
+from adapt.model.init_run import start_text
 from adapt.reporting.context import split_order
 from adapt.reporting.templating import render_template
 
@@ -131,7 +132,7 @@ def card_context(report: dict, recipe: dict, recipe_yaml: str, *, repo_id: str, 
         "splits": [_split_row(name, report["splits"][name]) for name in split_order(report["splits"])],
         "test_splits": [x for x in report["splits"].values() if x.get("kind", "test") == "test"],
         "model": {"finetune": m["finetune"], "lora": m.get("lora"), "params_trainable": f"{m['params_trainable']:,}",
-                  "params_total": f"{m['params_total']:,}"},
+                  "params_total": f"{m['params_total']:,}", "start": start_text(m)},
         "training": {"optimizer_steps": tr.get("optimizer_steps", "?"),
                      "effective_batch_size": tr.get("effective_batch_size", "?"),
                      "selection_split": sel.get("split", "–"), "selection_metric": sel.get("metric", "–"),

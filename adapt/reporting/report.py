@@ -11,6 +11,7 @@ import numpy as np
 from adapt.core.errors import AdaptError
 from adapt.core.fileio import atomic_write_json, atomic_write_text, read_jsonl
 from adapt.core.rundir import RunDir
+from adapt.evaluation.label_free import alarms
 from adapt.evaluation.metrics import bootstrap_ci, calibration
 from adapt.reporting.context import report_context
 from adapt.reporting.templating import render_template
@@ -69,8 +70,10 @@ def write_reports(run: RunDir, report: dict) -> dict:
     Returns the report as written (with the bootstrap intervals and calibration added from the predictions)."""
     from adapt.reporting.html import render_html  # matplotlib is imported only when a report is written
 
-    report = add_uncertainty(run, {**report, "summary": summarize(report["splits"])})
     log, diagnostics = _log_and_diagnostics(run)
+    # Alarms from report.json's label-free record and the log alone, so a rebuilt report raises the same ones.
+    report = add_uncertainty(run, {**report, "summary": summarize(report["splits"]),
+                                   "alarms": alarms(report.get("label_free"), log)})
     atomic_write_text(run.report_md, render_markdown(report, log, diagnostics))
     atomic_write_text(run.report_html, render_html(report, log, diagnostics))
     atomic_write_json(run.report_json, report)

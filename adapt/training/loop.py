@@ -16,15 +16,18 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from datasets import Dataset
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from adapt.core.errors import AdaptError, RunInterrupted
+from adapt.core.fileio import read_jsonl
 from adapt.core.rundir import CHECKPOINT_PREFIX, RunDir
 from adapt.data.features import Collator, train_loader
 from adapt.data.splits import Split
-from adapt.evaluation.scoring import score_split
+from adapt.evaluation.label_free import CRITERIA, LOG_KEY, logged_values, selection_value
+from adapt.evaluation.scoring import LabelFreeProbe, score_label_free, score_split
 from adapt.methods.base import Phase, StepInfo
 from adapt.recipe import Recipe
 from adapt.training import checkpoint
@@ -85,6 +88,8 @@ class LoopContext:
     l2sp_anchors: list[tuple[torch.nn.Parameter, torch.Tensor]] = field(default_factory=list)
     # Folders of the run directory the method writes while training (`BaseMethod.run_dirs`), kept in checkpoints.
     run_dirs: tuple[str, ...] = ()
+    # The unlabelled target sample the label-free criteria read at each selection evaluation (None: not computed).
+    label_free: LabelFreeProbe | None = None
 
 
 class _StopSignals:
@@ -188,10 +193,12 @@ def evaluate_selection(ctx: LoopContext) -> None:
     cfg, state = ctx.recipe, ctx.state
     if state.last_eval_step == state.global_step:  # an epoch ended on a step that was just evaluated
         return
-    state.last_eval_step = state.global_step
+    previous, state.last_eval_step = state.last_eval_step, state.global_step
     entry, _ = score_split(ctx.accelerator, ctx.model, ctx.select_split, ctx.select_tokenized, ctx.label_names,
                            cfg.eval.batch_size, ctx.collate, None)
-    value = entry[cfg.eval.selection_metric]
+    criteria = _label_free_criteria(ctx, previous)
+    metric = entry[cfg.eval.selection_metric]
+    value = _selection_value(cfg.eval.select_on, criteria) if cfg.eval.select_on in CRITERIA else metric
     improved = state.best_value is None or value > state.best_value
     if improved:
         state.best_value, state.best_step, state.evals_since_best = value, state.global_step, 0
@@ -200,11 +207,35 @@ def evaluate_selection(ctx: LoopContext) -> None:
         state.evals_since_best += 1
     if ctx.accelerator.is_main_process:
         log_record(ctx, {"phase": state.phase, "global_step": state.global_step, "epoch": state.epoch,
-                            f"{ctx.select_split.name}_{cfg.eval.selection_metric}": value,
-                            f"{ctx.select_split.name}_accuracy": entry["accuracy"], "best": improved})
+                            f"{ctx.select_split.name}_{cfg.eval.selection_metric}": metric,
+                            f"{ctx.select_split.name}_accuracy": entry["accuracy"], "best": improved,
+                            **{f"label_free_{k}": v for k, v in criteria.items()}})
     patience = cfg.train.early_stopping_patience
     if patience is not None and state.evals_since_best >= patience:
         state.stopped_early = True
+
+
+def _selection_value(name: str, criteria: dict[str, float]) -> float:
+    """A label-free criterion flipped where lower is better, so that "improved" is always "higher". One the log
+    cannot give yet (nothing logged so far) ranks below every measured value."""
+    return selection_value(name, criteria[name]) if name in criteria else -math.inf
+
+
+def _label_free_criteria(ctx: LoopContext, previous_eval: int) -> dict[str, float]:
+    """The label-free criteria of the current weights (`adapt.evaluation.label_free`), the same on every process.
+    Criteria read from the training log use this phase's values logged since the previous evaluation (or its last
+    one, when none was logged since)."""
+    if ctx.label_free is None:
+        return {}
+    shared = [None]
+    if ctx.accelerator.is_main_process:  # the log is the main process's file
+        log = [r for r in read_jsonl(ctx.run.train_log) if r.get("phase") == ctx.state.phase] \
+            if ctx.run.train_log.exists() else []
+        shared = [logged_values(log, LOG_KEY, previous_eval) or logged_values(log, LOG_KEY)[-1:]]
+    if ctx.accelerator.num_processes > 1:
+        broadcast_object_list(shared)
+    return score_label_free(ctx.accelerator, ctx.model, ctx.label_free, ctx.recipe.eval.batch_size, ctx.collate,
+                            shared[0])["criteria"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -334,6 +365,8 @@ class PhaseRunner:
         if cfg.max_grad_norm is not None:
             self.ctx.accelerator.clip_grad_norm_(self.params, cfg.max_grad_norm)
         self.optimizer.step()
+        if self.phase.on_step is not None:
+            self.phase.on_step(self.ctx)
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.ctx.state.step += 1

@@ -21,15 +21,18 @@ from adapt.core.rundir import RunClaim, RunDir, check_output_dir, default_output
 from adapt.data.features import Collator, tokenize_splits
 from adapt.data.splits import Split, load_splits
 from adapt.evaluation.diagnostics import write_diagnostics
-from adapt.evaluation.scoring import evaluate_all
+from adapt.evaluation.label_free import CRITERIA, LOG_KEY, logged_values
+from adapt.evaluation.scoring import LabelFreeProbe, evaluate_all, label_free_probe, score_label_free
 from adapt.hub.push import check_can_push, push_run
 from adapt.methods import get_method
 from adapt.methods.base import BaseMethod, MethodContext
 from adapt.model.finetune import apply_finetune, count_parameters, pretrained_parameter_names
 from adapt.model.heads import AdaptModel, classifier_of
-from adapt.model.limits import max_length_problem, model_problems
-from adapt.model.loading import ResolvedModel, load_classifier, load_tokenizer, resolve_model
+from adapt.model.init_run import start_text
+from adapt.model.limits import max_length_problem, start_problems
+from adapt.model.loading import ResolvedModel
 from adapt.model.saving import save_model
+from adapt.model.start import load_start
 from adapt.recipe import Recipe, recipe_to_dict, recipe_to_yaml
 from adapt.reporting.report import SCHEMA_VERSION, summarize, write_reports
 from adapt.training.accelerator import device_name, lost_process_error, setup_accelerator, shutdown
@@ -96,6 +99,10 @@ def check_same_recipe(recipe: Recipe, run: RunDir) -> None:
 
     before = _flatten(yaml.safe_load(run.recipe.read_text()))
     now = _flatten(recipe_to_dict(recipe))
+    # A key the saved recipe lacks was added to adapt after the run started: at its default it changes nothing
+    # (upgrading adapt between an interruption and its resume must not orphan the run).
+    defaults = _flatten(recipe_to_dict(Recipe()))
+    before = {**{k: defaults[k] for k in now.keys() - before.keys() if k in defaults}, **before}
     changed = sorted(k for k in before.keys() | now.keys() if k not in RESUMABLE_CHANGES and before.get(k) != now.get(k))
     if changed:
         diffs = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:5])
@@ -105,13 +112,14 @@ def check_same_recipe(recipe: Recipe, run: RunDir) -> None:
         )
 
 
-def open_run_dir(run: RunDir, recipe: Recipe, resume_from: Path | None, accelerator: Accelerator) -> None:
+def open_run_dir(run: RunDir, recipe: Recipe, resume_from: Path | None, accelerator: Accelerator,
+                 method_dirs: tuple[str, ...] = ()) -> None:
     """Start writing the run directory (claimed, so ours) once data and model have loaded: bad input leaves it as
     it was."""
     if accelerator.is_main_process:
         if resume_from is None:  # a fresh start in a directory a killed run left behind
             run.train_log.unlink(missing_ok=True)
-            for leftover in ("pseudo_labels", "mlm"):
+            for leftover in {"pseudo_labels", "mlm", *method_dirs}:  # what a killed run's method had written
                 shutil.rmtree(run.root / leftover, ignore_errors=True)
             run.diagnostics.unlink(missing_ok=True)
         atomic_write_text(run.recipe, recipe_to_yaml(recipe))
@@ -124,29 +132,52 @@ class ModelBundle:
     tokenizer: object
     resolved: ResolvedModel
     finetune_info: dict
+    start_info: dict  # where it started: `init_from` (the chain of runs), `layers` (kept of the loaded model's)
 
 
 def setup_model(recipe: Recipe, label_names: list[str], method: BaseMethod) -> ModelBundle:
-    resolved = resolve_model(recipe.model.name_or_path)
-    tokenizer = load_tokenizer(resolved)
-    model = load_classifier(resolved, label_names, recipe.model.attention)
-    if problem := max_length_problem(recipe.data.max_length, model.config.to_dict(), recipe.model.name_or_path):
+    start = load_start(recipe.model, label_names)  # pretrained or `model.init_from`; `model.num_layers` kept
+    model, resolved = start.model, start.resolved
+    if problem := max_length_problem(recipe.data.max_length, model.config.to_dict(), resolved.name_or_path):
         raise RecipeError([problem])  # a Hub model's config is known only now (a local one's was checked at the start)
     model, info = apply_finetune(model, recipe.model)
     heads = method.heads(recipe, model, resolved.path)
     if heads:
         model = AdaptModel(model, heads)
         method.prepare_model(model, recipe)
-    return ModelBundle(model, tokenizer, resolved, info)
+    return ModelBundle(model, start.tokenizer, resolved, info, start.record)
 
 
-def l2sp_anchors(recipe: Recipe, net: torch.nn.Module, model_path: str) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
-    """(parameter, starting value) for the pretrained encoder weights that train; the heads are not anchored."""
+def l2sp_anchors(recipe: Recipe, net: torch.nn.Module, resolved: ResolvedModel) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
+    """(parameter, starting value) for the pretrained encoder weights that train; the heads are not anchored. With
+    `model.init_from` the anchor is the init run's weights, where this run starts (all of its encoder)."""
     if recipe.train.l2sp <= 0:
         return []
     classifier = classifier_of(net)
-    names = set(pretrained_parameter_names(classifier, model_path))
+    names = set(pretrained_parameter_names(classifier, None if resolved.init_dir else resolved.path))
     return [(p, p.detach().float().clone()) for n, p in classifier.named_parameters() if n in names]
+
+
+def final_label_free(accelerator: Accelerator, model: torch.nn.Module, probe: LabelFreeProbe | None, recipe: Recipe,
+                     collate: Collator, run: RunDir) -> dict | None:
+    """The label-free criteria of the final model on the target sample (a collective: call on every process).
+    `domain_balance` reads the last quarter of the logged discriminator accuracies, as the report's alarm does."""
+    if probe is None or not recipe.eval.label_free:
+        return None
+    acc = logged_values(read_jsonl(run.train_log), LOG_KEY) if run.train_log.exists() else []
+    return score_label_free(accelerator, model, probe, recipe.eval.batch_size, collate, acc[-max(1, len(acc) // 4):])
+
+
+def selection_record(recipe: Recipe, select: str, best_value: float | None, best_step: int | None) -> dict:
+    """What selection compared: a metric on a labelled dev split, or a label-free criterion on the unlabelled target
+    (its value as computed, not flipped to "higher is better" as the loop compares it)."""
+    name = recipe.eval.select_on
+    if name not in CRITERIA:
+        return {"split": select, "metric": recipe.eval.selection_metric, "best_value": best_value, "best_step": best_step}
+    if best_value is not None and not CRITERIA[name].higher_is_better:
+        best_value = -best_value
+    return {"split": "target_unlabeled", "metric": name, "label_free": True,
+            "higher_is_better": CRITERIA[name].higher_is_better, "best_value": best_value, "best_step": best_step}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -213,7 +244,7 @@ def run(recipe: Recipe, *, cwd: Path | None = None) -> dict:
         if recipe.hub.push:  # fail before training, not after it: the push happens at the end
             check_can_push(recipe.hub.repo_id)
         check_trackers(recipe)
-        if problems := model_problems(recipe.model.name_or_path, recipe.data.max_length):
+        if problems := start_problems(recipe.model, recipe.data.max_length, recipe.data.label_names):
             raise RecipeError(problems)  # before the data loads
         with claim_run_dir(recipe, accelerator, cwd or Path.cwd()) as (recipe, run_dir, resume_from):
             return _run(recipe, run_dir, resume_from, accelerator, precision_source, wall)
@@ -232,7 +263,7 @@ def _run(recipe: Recipe, run: RunDir, resume_from: Path | None, accelerator: Acc
         splits, label_names = load_splits(recipe)
     method = get_method(recipe.method.name)
     bundle = setup_model(recipe, label_names, method)
-    open_run_dir(run, recipe, resume_from, accelerator)
+    open_run_dir(run, recipe, resume_from, accelerator, method.run_dirs)
     _print_setup(accelerator, run, resume_from, splits, label_names, bundle, recipe)
     start_trackers(accelerator, recipe, run)
     tokenized = tokenize_splits(splits, bundle.tokenizer, recipe, accelerator)
@@ -240,15 +271,20 @@ def _run(recipe: Recipe, run: RunDir, resume_from: Path | None, accelerator: Acc
     model = accelerator.prepare(bundle.model)
     select = "target_dev" if recipe.eval.select_on == "target_dev" else "source_dev"
     net = accelerator.unwrap_model(model, keep_torch_compile=False)
+    # Selection on a label-free criterion still scores (and logs) source dev each evaluation.
+    probe = label_free_probe(splits, tokenized, label_names, recipe.eval.label_free_examples, recipe.seed) \
+        if recipe.eval.label_free or recipe.eval.select_on in CRITERIA else None
     ctx = LoopContext(accelerator, recipe, model, run, collate, label_names, splits[select], tokenized[select],
-                      l2sp_anchors=l2sp_anchors(recipe, net, bundle.resolved.path), run_dirs=method.run_dirs)
+                      l2sp_anchors=l2sp_anchors(recipe, net, bundle.resolved), run_dirs=method.run_dirs,
+                      label_free=probe)
     method_ctx = MethodContext(recipe, tokenized, bundle.tokenizer, net, run)
     state = train(ctx, method.phases(method_ctx), resume_from)
 
     results, eval_throughput = evaluate_all(accelerator, model, splits, tokenized, label_names, recipe, run, collate)
+    label_free = final_label_free(accelerator, model, probe, recipe, collate, run)
     classifier = classifier_of(net)  # the heads a method trained alongside are not part of the result
     if accelerator.is_main_process:
-        _save_model_atomically(classifier, bundle.tokenizer, run)
+        _save_model_atomically(classifier, bundle.tokenizer, run, merge=bundle.resolved.stacked)
         if recipe.eval.diagnostics:
             write_diagnostics(run, classifier, bundle.resolved, splits, tokenized, recipe, collate, accelerator.device)
     accelerator.wait_for_everyone()
@@ -261,7 +297,7 @@ def _run(recipe: Recipe, run: RunDir, resume_from: Path | None, accelerator: Acc
         "labels": label_names,
         "model": {"name_or_path": bundle.resolved.name_or_path, "resolved_path": bundle.resolved.path,
                   "finetune": recipe.model.finetune, "params_total": total, "params_trainable": trainable,
-                  **bundle.finetune_info},
+                  **bundle.finetune_info, **bundle.start_info},
         "splits": results,
         "method_summary": {**method.summary(method_ctx), "phases": phase_summaries(run),
                            **({"l2sp": {"weight": recipe.train.l2sp, "anchored_tensors": len(ctx.l2sp_anchors)}}
@@ -269,12 +305,13 @@ def _run(recipe: Recipe, run: RunDir, resume_from: Path | None, accelerator: Acc
         "training": {
             "optimizer_steps": state.global_step, "epochs_run": state.epochs_run, "stopped_early": state.stopped_early,
             "effective_batch_size": recipe.train.batch_size * recipe.train.grad_accum * accelerator.num_processes,
-            "selection": {"split": select, "metric": recipe.eval.selection_metric,
-                          "best_value": state.best_value, "best_step": state.best_step},
+            "selection": selection_record(recipe, select, state.best_value, state.best_step),
         },
         "timing": timing(state, eval_throughput, time.perf_counter() - wall),
         "environment": environment(accelerator, precision_source, splits),
     }
+    if label_free is not None:
+        report["label_free"] = label_free
     report["summary"] = summarize(results)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -302,12 +339,14 @@ def _print_setup(accelerator: Accelerator, run: RunDir, resume_from: Path | None
     accelerator.print(f"data: {sizes}; labels {label_names}")
     accelerator.print(f"model: {bundle.resolved.name_or_path} from {bundle.resolved.path}; finetune {recipe.model.finetune}, "
                       f"{trainable:,} of {total:,} parameters train")
+    if start := start_text(bundle.start_info):
+        accelerator.print(f"start: {start}")
     accelerator.print(f"method: {recipe.method.name}; {accelerator.num_processes} process(es) on {device_name(accelerator)}, "
                       f"{torch.get_num_threads()} threads, precision {accelerator.mixed_precision}")
 
 
-def _save_model_atomically(net: torch.nn.Module, tokenizer, run: RunDir) -> None:
+def _save_model_atomically(net: torch.nn.Module, tokenizer, run: RunDir, merge: bool = False) -> None:
     tmp = run.root / ".model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_model(net, tokenizer, tmp)
+    save_model(net, tokenizer, tmp, merge=merge)
     replace_dir(tmp, run.model)

@@ -89,8 +89,13 @@ def make_udalm_loss(masker: Masker, weight: float, pad_id: int):
 def _compatibility(recipe: Recipe) -> dict:
     """What must match for a saved MLM phase to be loaded into another run's model."""
     model = recipe_to_dict(recipe.model)
+    # Where the model starts, only when not the pretrained model as it is: an mlm.json written before these keys
+    # existed still matches a recipe without them.
+    start = {"init_from": model["init_from"]} if model["init_from"] is not None else {}
+    if model["num_layers"] is not None:
+        start |= {"num_layers": model["num_layers"], "layer_choice": model["layer_choice"]}
     return {"name_or_path": model["name_or_path"], "finetune": model["finetune"], "lora": model["lora"],
-            "freeze_layers": model["freeze_layers"], "max_length": recipe.data.max_length}
+            "freeze_layers": model["freeze_layers"], "max_length": recipe.data.max_length, **start}
 
 
 def save_mlm_phase(ctx, recipe: Recipe, streams: list[str]) -> None:
@@ -118,7 +123,8 @@ def load_mlm_phase(model: AdaptModel, recipe: Recipe) -> dict:
                          "(it needs mlm.json and model.safetensors)")
     info = json.loads(info_file.read_text())
     want = _compatibility(recipe)
-    diff = {k: (info["model"].get(k), v) for k, v in want.items() if info["model"].get(k) != v}
+    diff = {k: (info["model"].get(k), want.get(k)) for k in want.keys() | info["model"].keys()
+            if info["model"].get(k) != want.get(k)}
     if diff:
         detail = "; ".join(f"{k}: saved {a!r}, recipe {b!r}" for k, (a, b) in diff.items())
         raise AdaptError(f"`method.mlm.checkpoint`: {path} was trained with another model setup ({detail}); "

@@ -7,12 +7,18 @@ pseudo-labelled target. Every round is scored on the selection split (source dev
 weights. Class balance matters: a source model is often biased towards one class on the target, and unbalanced
 pseudo-labels feed that bias back.
 
+Options beyond that (all off by default, which is the method as described above): soft or sharpened targets
+instead of the argmax, a mean teacher (an EMA of the student's weights) choosing the pseudo-labels, an R-Drop
+consistency term on target text, a per-class curriculum instead of the fixed threshold, and rounds without the
+source data.
+
 This file is the method's card (options, registration, description, report lines); `method.py` trains it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from adapt.core.fields import option
 from adapt.methods.registry import register_method, register_options
@@ -24,17 +30,54 @@ class SelfTrainingOptions:
     threshold: float = option(0.9, "Keep a target prediction only if its top probability is at least this.")
     max_per_class: int | None = option(None, "At most this many pseudo-labels per class per round (null: no cap).")
     epochs: int = option(1, "Epochs over source + pseudo-labelled target in each round.")
+    labels: Literal["hard", "soft", "sharpened"] = option(
+        "hard", "What a pseudo-labelled row trains towards: `hard`, the predicted class; `soft`, the teacher's whole "
+                "probability vector (cross-entropy against it); `sharpened`, that vector raised to 1/"
+                "`sharpen_temperature` and renormalised (MixMatch).")
+    sharpen_temperature: float = option(0.5, "T of `labels: sharpened`: p^(1/T) renormalised; below 1 sharpens.")
+    ema_decay: float | None = option(
+        None, "Mean teacher (Tarvainen & Valpola 2017): pseudo-labels are chosen by an exponential moving average of "
+              "the student's trainable weights with this decay (e.g. 0.999), updated after every optimizer step "
+              "(null: by the student itself).")
+    consistency: float = option(
+        0.0, "Weight of a consistency term in each round (R-Drop, Liang et al. 2021): the symmetric KL between two "
+             "dropout passes over a batch of unlabelled target text (0: off; needs a model with dropout).")
+    curriculum: bool = option(
+        False, "Curriculum labelling (Cascante-Bermudez et al. 2021): instead of `threshold`, round r of R keeps per "
+               "class the most confident r/R x `curriculum_max` of the rows predicted as that class, then balances.")
+    curriculum_max: float = option(
+        0.8, "The fraction the curriculum reaches in the last round. Below 1 because the rounds do not restart from "
+             "the pretrained model as Curriculum Labeling does: the least confident fifth stays out of training.")
+    keep_source: bool = option(True, "Train each round on the labelled source data too (false: pseudo-labelled target "
+                                     "only).")
 
     def problems(self) -> list[str]:
         rules = (("rounds", self.rounds >= 1, ">= 1"), ("threshold", 0 < self.threshold <= 1, "in (0, 1]"),
                  ("max_per_class", self.max_per_class is None or self.max_per_class >= 1, ">= 1 or null"),
-                 ("epochs", self.epochs >= 1, ">= 1"))
+                 ("epochs", self.epochs >= 1, ">= 1"), ("sharpen_temperature", self.sharpen_temperature > 0, "> 0"),
+                 ("ema_decay", self.ema_decay is None or 0 < self.ema_decay < 1, "in (0, 1) or null"),
+                 ("consistency", self.consistency >= 0, ">= 0"),
+                 ("curriculum_max", 0 < self.curriculum_max <= 1, "in (0, 1]"))
         return [f"`method.self_training.{k}` must be {rule}, got {getattr(self, k)}" for k, ok, rule in rules if not ok]
 
 
+def _settings(r: dict) -> str:
+    """How a round chose its pseudo-labels and what they train towards (summaries of older runs have only the
+    threshold)."""
+    if "curriculum_fraction" in r:
+        text = f"curriculum: the top {r['curriculum_fraction']:.0%} per class"
+    else:
+        text = f"threshold {r['threshold']}"
+    if "label_mode" in r:
+        temperature = f" (T={r['sharpen_temperature']})" if "sharpen_temperature" in r else ""
+        teacher = f"the EMA teacher (decay {r['ema_decay']})" if r.get("teacher") == "ema" else "the student"
+        text += f"; {r['label_mode']} labels{temperature} chosen by {teacher}"
+    return text
+
+
 def report_lines(summary: dict) -> list[str]:
-    """One line per round: how many pseudo-labels were kept, and from what."""
-    lines = [f"- round {r['round']}: {r['kept']} pseudo-labels kept of {r['candidates']} (threshold {r['threshold']}; "
+    """One line per round: how many pseudo-labels were kept, from what, and how."""
+    lines = [f"- round {r['round']}: {r['kept']} pseudo-labels kept of {r['candidates']} ({_settings(r)}; "
              f"confident per class {r['confident_per_class']}, kept per class {r['kept_per_class']}, predicted per "
              f"class {r['predicted_per_class']})" for r in summary.get("rounds", [])]
     return [*lines, ""] if lines else []
