@@ -6,11 +6,11 @@
     python -m adapt.predict someone/books-to-kitchen --input reviews.jsonl --output -
 
 RUN_DIR is a run directory (its `model/`, tokenised with the recipe's `data.max_length` and `data.truncation`), a
-model folder (a run's `model/`, full model or LoRA adapter; a folder written by `adapt.export`; a folder pushed by
-`adapt.hub push`, or written by its `--dry-run`, tokenised with the `recipe.yaml` it carries), or the Hub id
-`user/name` of a model pushed by `adapt.hub` (adapter or full model) or of any text classifier. A Hub model is
-downloaded to the Hugging Face cache; offline, only a copy already there is used. An adapter loads its base model
-by the id it records (the embedded all-MiniLM-L6-v2 needs no download).
+model folder (a run's `model/`, full model or LoRA adapter; a folder written by `adapt.export`, an `--onnx` one
+served through onnxruntime; a folder pushed by `adapt.hub push`, or written by its `--dry-run`, tokenised with the
+`recipe.yaml` it carries), or the Hub id `user/name` of a model pushed by `adapt.hub` (adapter or full model) or of
+any text classifier. A Hub model is downloaded to the Hugging Face cache; offline, only a copy already there is
+used. An adapter loads its base model by the id it records (the embedded all-MiniLM-L6-v2 needs no download).
 
 Input (`--input`, `-` for stdin):
   .jsonl  one JSON object per line; the text is in `--text-column` (default `text`), an `id` field is kept

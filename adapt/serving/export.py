@@ -1,5 +1,5 @@
-"""Export a run as a self-contained model folder for inference: fp32 (a plain transformers model, LoRA merged)
-or int8 (see `adapt export --help` for the format and why this quantisation)."""
+"""Export a run as a self-contained model folder for inference: fp32 (a plain transformers model, LoRA merged),
+int8, or an ONNX Runtime graph, fp32 or int8 (see `adapt export --help` for the formats and why these)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from adapt.serving.inference import (
     resolve_model_dir,
 )
 from adapt.serving.int8 import INT8_FORMAT, INT8_WEIGHTS, int8_plan, quantize_int8
+from adapt.serving.onnx import ONNX_FILE, require_onnx, save_onnx
 
 
 def check_out_dir(out: Path) -> None:
@@ -31,11 +32,19 @@ def check_out_dir(out: Path) -> None:
 
 
 def plain_model(model_dir: Path) -> tuple[torch.nn.Module, bool]:
-    """The run's model as a plain transformers model; LoRA adapters merged into the base weights."""
+    """The run's model as a plain transformers model; adapters (LoRA, DoRA, IA3, AdaLoRA) merged into the base
+    weights. Prompt-type adapters cannot be merged: an error says so."""
     from peft import PeftModel
 
     model = load_model(model_dir)
     if isinstance(model, PeftModel):
+        config = model.active_peft_config
+        if config.is_prompt_learning:  # virtual tokens are extra inputs, not a change of weights
+            raise AdaptError(
+                f"{model_dir} holds a `{config.peft_type.value.lower()}` adapter, whose virtual tokens go before every "
+                "input and cannot be merged into the weights, so it has no plain transformers export; serve the run "
+                f"with `adapt predict {model_dir.parent if model_dir.name == 'model' else model_dir} ...` (the torch "
+                "path loads the adapter on its base model), or train a lora, dora, ia3 or adalora adapter")
         return model.merge_and_unload().eval(), True
     return model.eval(), False
 
@@ -61,13 +70,22 @@ def _bytes(folder: Path, names: list[str] | None = None) -> int:
     return sum(p.stat().st_size for p in files)
 
 
-def export(source: Path, out: Path, int8: bool = False) -> dict:
-    """Write the model of `source` (run directory or model folder) to `out`; returns its `adapt_export.json`."""
-    check_out_dir(out)
-    model_dir, run = resolve_model_dir(source)
-    source_info = read_export_info(model_dir)
-    if source_info is not None and source_info.get("int8"):
+def _check_source(source: Path, model_dir: Path) -> None:
+    info = read_export_info(model_dir)
+    if (model_dir / ONNX_FILE).is_file():
+        raise AdaptError(f"{source} is already an ONNX export; export from the run (or an fp32 export) instead")
+    if info is not None and info.get("int8"):
         raise AdaptError(f"{source} is already an int8 export; export from the run (or an fp32 export) instead")
+
+
+def export(source: Path, out: Path, int8: bool = False, onnx: bool = False) -> dict:
+    """Write the model of `source` (run directory or model folder) to `out`; returns its `adapt_export.json`.
+    `onnx`: an ONNX Runtime graph (`adapt.serving.onnx`), int8 with `int8`; otherwise a torch model folder."""
+    check_out_dir(out)
+    if onnx:
+        require_onnx()  # before the model loads: a missing package is the first thing to hear about
+    model_dir, run = resolve_model_dir(source)
+    _check_source(source, model_dir)
     data = data_settings(model_dir, run)
     model, merged = plain_model(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
@@ -77,13 +95,17 @@ def export(source: Path, out: Path, int8: bool = False) -> dict:
         "source_model": str(model_dir.resolve()),
         "lora_merged": merged,
         "int8": int8,
+        "onnx": onnx,
         "parameters": sum(p.numel() for p in model.parameters()),
         "data": {"max_length": data.max_length, "truncation": data.truncation, "normalize": data.normalize},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": {"adapt": package_version("adapt"), "torch": torch.__version__},
     }
     with staged_dir(out, "--out") as tmp:
-        if int8:
+        if onnx:
+            info |= save_onnx(model, tmp, int8)
+            info["weights"] = [ONNX_FILE]
+        elif int8:
             info["weights"], info["quantization"] = _save_int8(model, tmp)
         else:
             info["weights"] = _save_fp32(model, tmp)

@@ -1,24 +1,25 @@
 """Inference on a saved classifier: find and load a model folder, then predict class probabilities for texts.
 
 Shared by `adapt.predict` and `adapt.export`. A *model folder* is a run's `model/` (a full model or a LoRA
-adapter + head), a folder written by `adapt.export` (a plain transformers model, or an int8 model described
-by its `adapt_export.json`), or a folder pushed by `adapt.hub` (or written by its `--dry-run`), which carries
-its run's `recipe.yaml`. A Hub model id (`user/name`) is downloaded to the Hugging Face cache first. The
-tokenisation settings (`data.max_length`, `data.truncation`) come from the run's `recipe.yaml`, or from
-`adapt_export.json` for an export, so predictions match what the run itself computed.
+adapter + head), a folder written by `adapt.export` (a plain transformers model, an int8 model described
+by its `adapt_export.json`, or an ONNX graph served by onnxruntime), or a folder pushed by `adapt.hub` (or
+written by its `--dry-run`), which carries its run's `recipe.yaml`. A Hub model id (`user/name`) is downloaded
+to the Hugging Face cache first. The tokenisation settings (`data.max_length`, `data.truncation`) come from the
+run's `recipe.yaml`, or from `adapt_export.json` for an export, so predictions match what the run itself computed.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from datasets import Dataset
+from torch.utils.data import DataLoader
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from adapt.core.errors import AdaptError
@@ -30,13 +31,15 @@ from adapt.hub.reachability import hub_reachable
 from adapt.model.saving import load_saved_model
 from adapt.recipe import DataConfig, load_recipe
 from adapt.serving.int8 import load_int8
+from adapt.serving.onnx import ONNX_FILE, OnnxClassifier
 
 EXPORT_INFO = "adapt_export.json"  # written by adapt.export; marks an exported folder
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "adapter_config.json")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "adapter_config.json",
+                ONNX_FILE)
 
 
 class InferenceModel(NamedTuple):
-    model: torch.nn.Module
+    model: torch.nn.Module | OnnxClassifier
     tokenizer: PreTrainedTokenizerBase
     label_names: list[str]
     data_cfg: DataConfig  # only `max_length`, `truncation` and `normalize` matter for inference
@@ -115,9 +118,12 @@ def label_names(model_dir: Path) -> list[str]:
     return [str(config.id2label[i]) for i in range(config.num_labels)]
 
 
-def load_model(model_dir: Path) -> torch.nn.Module:
-    """A full model, a LoRA adapter on its base (peft-wrapped), or an int8 export, in eval mode."""
+def load_model(model_dir: Path) -> torch.nn.Module | OnnxClassifier:
+    """A full model, a LoRA adapter on its base (peft-wrapped), or an int8 export, in eval mode; an ONNX folder
+    (ours or optimum's: a model.onnx) as an onnxruntime session."""
     info = read_export_info(model_dir)
+    if (model_dir / ONNX_FILE).is_file():
+        return OnnxClassifier(model_dir / ONNX_FILE)
     if info is not None and info.get("int8"):
         return load_int8(model_dir, info).eval()
     return load_saved_model(model_dir).eval()
@@ -130,24 +136,34 @@ def load_for_inference(path: Path) -> InferenceModel:
                           label_names(model_dir), data_settings(model_dir, run))
 
 
-def predict_texts(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
-                  max_length: int, truncation: str, batch_size: int, normalize: str = "none") -> np.ndarray:
-    """Class probabilities, shape (len(texts), labels), in the order of `texts`.
+def logits_function(model: torch.nn.Module | OnnxClassifier) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
+    """Logits from a collated batch's model inputs, for either engine."""
+    if isinstance(model, OnnxClassifier):
+        return lambda inputs: torch.from_numpy(model.logits(inputs))
+    device = next(model.parameters()).device
+    model.eval()
+    return lambda inputs: model(**{k: v.to(device) for k, v in inputs.items()}).logits
 
-    Tokenised exactly as in training and evaluation (`adapt.data.features`); batches are sorted by length so little
-    compute goes into padding, and each row's index travels with it to put the results back in input order.
-    """
+
+def text_batches(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int, truncation: str,
+                 batch_size: int, normalize: str = "none") -> DataLoader:
+    """`texts` tokenised exactly as in training and evaluation (`adapt.data.features`), in batches sorted by length
+    so little compute goes into padding; each row's position in `texts` travels with it as `idx`."""
     cfg = DataConfig(max_length=max_length, truncation=truncation, normalize=normalize)
     norm = NORMALIZERS[normalize]  # the text rewriting the model was trained with, if any
     ds = Dataset.from_dict({"text": [norm(t) for t in texts] if norm else list(texts), "idx": list(range(len(texts)))})
-    loader = eval_loader(tokenize(ds, tokenizer, cfg, "predict"), batch_size, Collator(tokenizer.pad_token_id))
-    device = next(model.parameters()).device
+    return eval_loader(tokenize(ds, tokenizer, cfg, "predict"), batch_size, Collator(tokenizer.pad_token_id))
+
+
+def predict_texts(model: torch.nn.Module | OnnxClassifier, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
+                  max_length: int, truncation: str, batch_size: int, normalize: str = "none") -> np.ndarray:
+    """Class probabilities, shape (len(texts), labels), in the order of `texts` (batched by `text_batches`)."""
+    loader = text_batches(tokenizer, texts, max_length, truncation, batch_size, normalize)
+    logits_of = logits_function(model)
     out: np.ndarray | None = None
-    model.eval()
     with torch.inference_mode():
         for batch in loader:
-            inputs = {k: v.to(device) for k, v in classifier_inputs(batch).items()}
-            probs = torch.softmax(model(**inputs).logits.float(), dim=-1).cpu().numpy()
+            probs = torch.softmax(logits_of(classifier_inputs(batch)).float(), dim=-1).cpu().numpy()
             if out is None:
                 out = np.empty((len(texts), probs.shape[1]), dtype=np.float32)
             out[batch["idx"].numpy()] = probs
