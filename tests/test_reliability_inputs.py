@@ -333,12 +333,15 @@ def test_atomic_files_follow_the_umask(tmp_path):
 def test_mlm_json_is_written_atomically(tiny_recipe, tmp_path, monkeypatch):
     import torch
 
+    from adapt.methods.mlm.head import HeadSpec
     from adapt.methods.mlm.method import save_mlm_phase
 
     accelerator = SimpleNamespace(is_main_process=True, unwrap_model=lambda m: m,
                                   wait_for_everyone=lambda: None)
-    ctx = SimpleNamespace(accelerator=accelerator, model=torch.nn.Linear(2, 2), run=RunDir(tmp_path),
-                          state=SimpleNamespace(step=3))
+    model = torch.nn.Module()  # an encoder and an MLM head whose shape mlm.json records
+    model.encoder, model.heads = torch.nn.Linear(2, 2), torch.nn.ModuleDict({"mlm": torch.nn.Linear(2, 2)})
+    model.heads["mlm"].spec = HeadSpec()
+    ctx = SimpleNamespace(accelerator=accelerator, model=model, run=RunDir(tmp_path), state=SimpleNamespace(step=3))
     replaced, real = [], os.replace
     monkeypatch.setattr(os, "replace", lambda src, dst: (replaced.append(Path(dst).name), real(src, dst))[1])
     save_mlm_phase(ctx, load_recipe(tiny_recipe, ["method.name=dapt"]), ["target_unlabeled"])

@@ -2,10 +2,12 @@
 text, then fine-tune) and `udalm` (Karouzos et al. 2021: an MLM phase, then CE on source + lambda * MLM on target
 in every step, so the encoder keeps modelling the target while it learns the task).
 
-The MLM head is BERT's (`head.py`, decoder tied to the word embeddings). It is copied from the checkpoint when the
-checkpoint has one (bert-base-uncased does) and starts fresh otherwise (the embedded all-MiniLM-L6-v2, a
-sentence-embedding fine-tune, does not). After the MLM phase the encoder and head are saved to `<run>/mlm/`,
-which `method.mlm.checkpoint` accepts to skip the phase in later runs.
+The MLM head (`head.py`: dense to the embedding width, activation, LayerNorm, decoder tied to the word embeddings)
+is the checkpoint's own when it has one, in any family whose layout `head.LAYOUTS` names (BERT, RoBERTa, XLM-R,
+ELECTRA's generator, DistilBERT, ModernBERT, DeBERTa-v2, MPNet), and starts fresh otherwise (the embedded
+all-MiniLM-L6-v2, a sentence-embedding fine-tune, has none). After the MLM phase the encoder and head are saved to
+`<run>/mlm/` (mlm.json records the head's shape), which `method.mlm.checkpoint` accepts to skip the phase in later
+runs.
 
 This file is the methods' card (options, registration, descriptions, report lines); `method.py` trains them.
 """

@@ -3,6 +3,7 @@ encoder (`<run>/mlm/`), and the three methods (described in `adapt/methods/mlm/_
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from adapt.core.errors import AdaptError
 from adapt.core.fileio import atomic_write_json
 from adapt.methods.base import BaseMethod, LossOutput, MethodContext, Phase, StepInfo
-from adapt.methods.mlm.head import MlmHead, load_pretrained_mlm_head, mask_tokens
+from adapt.methods.mlm.head import HeadSpec, build_mlm_head, mask_tokens, rebuild_for
 from adapt.methods.source_only.method import labeled_training_data, supervised_phase
 from adapt.model.heads import AdaptModel, classifier_of, concat_batches
 from adapt.recipe import Recipe, recipe_to_dict
@@ -94,6 +95,8 @@ def _compatibility(recipe: Recipe) -> dict:
     start = {"init_from": model["init_from"]} if model["init_from"] is not None else {}
     if model["num_layers"] is not None:
         start |= {"num_layers": model["num_layers"], "layer_choice": model["layer_choice"]}
+    if model.get("peft") is not None:  # adapters of another type (or settings) would not fit the saved weights
+        start |= {"peft": model["peft"]}
     return {"name_or_path": model["name_or_path"], "finetune": model["finetune"], "lora": model["lora"],
             "freeze_layers": model["freeze_layers"], "max_length": recipe.data.max_length, **start}
 
@@ -110,9 +113,15 @@ def save_mlm_phase(ctx, recipe: Recipe, streams: list[str]) -> None:
         save_file(state, str(out / ".model.tmp"))
         (out / ".model.tmp").replace(out / "model.safetensors")
         info = {"model": _compatibility(recipe), "mlm": recipe_to_dict(recipe.method.mlm), "streams": streams,
-                "steps": ctx.state.step, "method": recipe.method.name}
+                "steps": ctx.state.step, "method": recipe.method.name,
+                "head": dataclasses.asdict(net.heads["mlm"].spec)}
         atomic_write_json(out / "mlm.json", info)
     acc.wait_for_everyone()
+
+
+def legacy_spec(config) -> HeadSpec:
+    """The head of an `mlm/` folder written before mlm.json recorded it: BERT's, with the eps read then."""
+    return HeadSpec(eps=getattr(config, "layer_norm_eps", 1e-12))
 
 
 def load_mlm_phase(model: AdaptModel, recipe: Recipe) -> dict:
@@ -129,6 +138,9 @@ def load_mlm_phase(model: AdaptModel, recipe: Recipe) -> dict:
         detail = "; ".join(f"{k}: saved {a!r}, recipe {b!r}" for k, (a, b) in diff.items())
         raise AdaptError(f"`method.mlm.checkpoint`: {path} was trained with another model setup ({detail}); "
                          "use a matching recipe or rerun the MLM phase")
+    # The head as it was trained: mlm.json records its spec; folders written before it did hold BERT's head.
+    saved_spec = HeadSpec(**info["head"]) if "head" in info else legacy_spec(model.classifier.config)
+    model.heads["mlm"] = rebuild_for(model.heads["mlm"], saved_spec)
     missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
     missing = [k for k in missing if not k.startswith("heads.") or k.startswith("heads.mlm.")]
     if missing or unexpected:
@@ -148,11 +160,8 @@ class _MlmMethod(BaseMethod):
     loaded: dict | None = None
 
     def heads(self, recipe: Recipe, classifier: torch.nn.Module, model_path: str) -> dict[str, torch.nn.Module]:
-        embeddings = classifier.get_input_embeddings()
-        config = classifier.config
-        head = MlmHead(embeddings, config.hidden_size, getattr(config, "layer_norm_eps", 1e-12))
-        if load_pretrained_mlm_head(head, model_path):
-            self.mlm_head_origin = "pretrained"
+        head, pretrained = build_mlm_head(classifier, model_path)
+        self.mlm_head_origin = "pretrained" if pretrained else "fresh"
         return {"mlm": head}
 
     def prepare_model(self, model: AdaptModel, recipe: Recipe) -> None:
