@@ -86,6 +86,22 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def family_model_dir(tmp_path_factory):
+    """`family_model_dir(name)`: a tiny random masked-LM model folder of that family (`tests/families.py`, e.g.
+    "deberta-v2"), built once per session."""
+    from families import build_family
+
+    built: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in built:
+            built[name] = build_family(name, tmp_path_factory.mktemp(f"family-{name}"))
+        return built[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("data")
     return {

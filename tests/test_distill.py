@@ -17,7 +17,7 @@ from conftest import train_tiny
 import adapt.methods.distill.method as distill
 import adapt.training.loop
 from adapt import load_recipe
-from adapt.core.errors import RecipeError, RunInterrupted
+from adapt.core.errors import AdaptError, RecipeError, RunInterrupted
 from adapt.methods.base import StepInfo
 from adapt.methods.source_only.method import supervised_loss
 from adapt.serving.inference import load_for_inference, predict_texts
@@ -267,3 +267,12 @@ def test_missing_teacher_stops_before_anything_is_written(tiny_recipe, tmp_path,
                capsys)
     assert f"`method.distill.teachers[0]` = {missing}" in err and "does not exist" in err
     assert not out.exists()
+
+
+def test_an_onnx_export_is_refused_as_a_teacher_naming_its_run(teacher, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from adapt.serving.export import export
+
+    export(teacher, tmp_path / "onnx", onnx=True)
+    with pytest.raises(AdaptError, match=r"teachers\[0\]`.*is an ONNX export; give the run directory"):
+        distill.resolve_teachers([str(tmp_path / "onnx")], ["negative", "positive"])

@@ -1,5 +1,5 @@
 """How much of the classifier trains (`model.finetune`): everything, the head only, everything above the lowest
-encoder layers, or LoRA adapters plus the head; and which parameters are which."""
+encoder layers, or PEFT adapters plus the head (`adapt.model.peft_setup`); and which parameters are which."""
 
 from __future__ import annotations
 
@@ -9,31 +9,32 @@ from pathlib import Path
 import torch
 
 from adapt.core.errors import AdaptError
-from adapt.model.loading import quiet_adapter_loading
+from adapt.model import families
+from adapt.model.loading import NEW_MODULES
+from adapt.model.peft_setup import apply_peft
 from adapt.recipe import ModelConfig
 
 
 def encoder_layers(model: torch.nn.Module, key: str = "`model.num_layers`") -> torch.nn.ModuleList:
-    """The encoder's layers (`<base>.encoder.layer`, BERT-style); `key` is the recipe key that needs them."""
-    base = getattr(model, model.base_model_prefix, model)  # a classifier's encoder, or the bare encoder itself
-    layers = getattr(getattr(base, "encoder", None), "layer", None)
-    if layers is None:
-        raise AdaptError(f"{key} needs a BERT-style encoder (`encoder.layer`); {type(model).__name__} has none")
-    return layers
+    """The encoder's layers, bottom to top, for any family `adapt.model.families` knows; `key` is the recipe key
+    that needs them (named in the error for an unknown architecture)."""
+    return families.encoder_layers(model, key)
 
 
 def head_parameter_names(model: torch.nn.Module) -> list[str]:
-    """The classifier head: every parameter outside the base encoder (`classifier.*` for BERT)."""
+    """The classifier head: every parameter outside the base encoder (`classifier.*` for BERT), and those of the
+    encoder modules the checkpoint lacked (BERT's pooler in a masked-LM checkpoint), new and random like it."""
     prefix = model.base_model_prefix + "."
-    return [n for n, _ in model.named_parameters() if not n.startswith(prefix)]
+    new = tuple(f"{prefix}{m}." for m in getattr(model, NEW_MODULES, ()))
+    return [n for n, _ in model.named_parameters() if not n.startswith(prefix) or n.startswith(new)]
 
 
 def apply_finetune(model: torch.nn.Module, cfg: ModelConfig) -> tuple[torch.nn.Module, dict]:
     """Set what trains; returns the (possibly peft-wrapped) model and a description for the report."""
     if cfg.finetune == "full":
         return model, {}
-    if cfg.finetune == "lora":
-        return _apply_lora(model, cfg)
+    if cfg.finetune in ("lora", "peft"):  # adapters through peft (`adapt.model.peft_setup`), the head beside them
+        return apply_peft(model, cfg, head_parameter_modules(model))
     model.requires_grad_(False)
     head = set(head_parameter_names(model))
     if cfg.finetune == "head":
@@ -45,30 +46,13 @@ def apply_finetune(model: torch.nn.Module, cfg: ModelConfig) -> tuple[torch.nn.M
     if frozen > len(layers):
         raise AdaptError(f"`model.freeze_layers` is {frozen} but the encoder has only {len(layers)} layers")
     model.requires_grad_(True)
-    getattr(model, model.base_model_prefix).embeddings.requires_grad_(False)
+    # The embeddings and what every layer shares (DeBERTa's relative embeddings, MPNet's position bias): see
+    # `adapt.model.families` for each family's list and why.
+    for part in families.below_first_layer(model) + (families.with_first_layer(model) if frozen else []):
+        part.requires_grad_(False)
     for layer in layers[:frozen]:
         layer.requires_grad_(False)
     return model, {"frozen_layers": frozen, "total_layers": len(layers)}
-
-
-def _apply_lora(model: torch.nn.Module, cfg: ModelConfig) -> tuple[torch.nn.Module, dict]:
-    from peft import LoraConfig, TaskType, get_peft_model
-
-    lora = cfg.lora
-    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-    missing = [t for t in lora.target_modules if t not in names]
-    if missing:
-        raise AdaptError(
-            f"`model.lora.target_modules`: {missing} are not linear modules of this model; choose from {sorted(names)}"
-        )
-    # TaskType.SEQ_CLS makes peft train and save the classifier head (modules_to_save) next to the adapters.
-    peft_cfg = LoraConfig(
-        task_type=TaskType.SEQ_CLS, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules), modules_to_save=head_parameter_modules(model),
-    )
-    with quiet_adapter_loading():
-        peft_model = get_peft_model(model, peft_cfg)
-    return peft_model, {"lora": {"r": lora.r, "alpha": lora.alpha, "target_modules": list(lora.target_modules)}}
 
 
 def pretrained_parameter_names(model: torch.nn.Module, model_path: str | None) -> list[str]:
@@ -88,7 +72,9 @@ def pretrained_parameter_names(model: torch.nn.Module, model_path: str | None) -
 
 
 def head_parameter_modules(model: torch.nn.Module) -> list[str]:
-    return sorted({n.split(".", 1)[0] for n in head_parameter_names(model)})
+    """The head's top-level modules (peft's `modules_to_save`: names match as suffixes, `pooler` -> `bert.pooler`)."""
+    prefix = model.base_model_prefix + "."
+    return sorted({n.removeprefix(prefix).split(".", 1)[0] for n in head_parameter_names(model)})
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

@@ -80,6 +80,18 @@ def max_length_problem(max_length: int, config: dict, model: str) -> str | None:
             f"to {limit} or less")
 
 
+def virtual_tokens_problem(cfg: ModelConfig, max_length: int, config: dict, model: str) -> str | None:
+    """A prompt-type PEFT adapter puts `model.peft.num_virtual_tokens` before every input: they take positions too."""
+    limit = max_input_tokens(config)
+    peft = cfg.peft if cfg.finetune == "peft" else None
+    if limit is None or peft is None or peft.type not in ("prompt_tuning", "p_tuning"):
+        return None
+    if max_length + peft.num_virtual_tokens <= limit:
+        return None
+    return (f"`model.peft.num_virtual_tokens` ({peft.num_virtual_tokens}) + `data.max_length` ({max_length}) exceed the "
+            f"{limit} positions the model {model} takes; lower one of them to {limit} in total")
+
+
 def model_problems(name_or_path: str, max_length: int) -> list[str]:
     """The model's config.json readable and `data.max_length` within what the model takes, checked without
     loading it (for `adapt validate` and before a run reads its data)."""
@@ -92,7 +104,7 @@ def model_problems(name_or_path: str, max_length: int) -> list[str]:
 
 
 def layers_problem(num_layers: int | None, config: dict, model: str) -> str | None:
-    total = config.get("num_hidden_layers")
+    total = config.get("num_hidden_layers", config.get("n_layers"))  # DistilBERT's config.json says `n_layers`
     if num_layers is None or not isinstance(total, int) or num_layers <= total:
         return None
     return (f"`model.num_layers` is {num_layers}, but the model {model} has only {total} encoder layers; set "
@@ -109,7 +121,9 @@ def start_problems(cfg: ModelConfig, max_length: int, label_names: list[str] | N
             config = local_config(cfg.name_or_path)
         except AdaptError:
             config = None  # already a problem above
-        return problems + [p for p in [config and layers_problem(cfg.num_layers, config, cfg.name_or_path)] if p]
+        found = [config and layers_problem(cfg.num_layers, config, cfg.name_or_path),
+                 config and virtual_tokens_problem(cfg, max_length, config, cfg.name_or_path)]
+        return problems + [p for p in found if p]
     try:
         init = read_init_run(cfg.init_from)
         config = read_model_config(init.model_dir) or {}

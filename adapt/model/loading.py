@@ -12,11 +12,13 @@ from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
 from transformers.utils import logging as hf_logging
 
 from adapt.core.errors import AdaptError
 from adapt.hub.ids import looks_like_path
 from adapt.hub.reachability import hub_reachable
+from adapt.model.families import attention_for
 from adapt.model.limits import EMBEDDED_NAMES, embedded_model_dir, read_model_config
 
 
@@ -62,7 +64,9 @@ def resolve_model(name_or_path: str) -> ResolvedModel:
 
 
 def _load_error(resolved: ResolvedModel, err: Exception) -> AdaptError:
-    if resolved.local_only and not os.path.isdir(resolved.path):
+    # Only a model that is nowhere on this machine is "not found"; a local folder that fails to load (an
+    # unsupported attention kernel, a corrupt weight file) shows transformers' own error.
+    if resolved.local_only and not os.path.isdir(resolved.path) and not os.path.isdir(resolved.name_or_path):
         return AdaptError(
             f"`model.name_or_path`: cannot load {resolved.name_or_path!r}: it is not a local directory, not in the "
             "Hugging Face cache, and the Hub is unreachable. Give a local model directory (or use all-MiniLM-L6-v2, "
@@ -78,17 +82,35 @@ def load_tokenizer(resolved: ResolvedModel):
         raise _load_error(resolved, err) from None
 
 
-def load_encoder(resolved: ResolvedModel, attention: str = "sdpa") -> torch.nn.Module:
+def effective_attention(requested: str | None, config, auto_mapping) -> str | None:
+    """The attention implementation to pass transformers for `model.attention` = `requested` (`auto`, `sdpa`,
+    `eager`; None: transformers' own default), given the model class `auto_mapping` (e.g.
+    `MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING`) has for `config`. See `families.attention_for`."""
+    if requested is None:
+        return None
+    try:
+        model_class = auto_mapping[type(config)]
+    except KeyError:  # transformers' own load error names the unknown architecture
+        return None if requested == "auto" else requested
+    return attention_for(requested, model_class)
+
+
+def load_encoder(resolved: ResolvedModel, attention: str = "auto") -> torch.nn.Module:
     """The pretrained encoder alone (no head), e.g. to compare representations before and after training."""
     from transformers import AutoModel
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
     try:
-        return AutoModel.from_pretrained(resolved.path, local_files_only=resolved.local_only, attn_implementation=attention)
+        config = AutoConfig.from_pretrained(resolved.path, local_files_only=resolved.local_only)
+        return AutoModel.from_pretrained(resolved.path, config=config, local_files_only=resolved.local_only,
+                                         attn_implementation=effective_attention(attention, config, MODEL_MAPPING))
+    except AdaptError:
+        raise
     except Exception as err:
         raise _load_error(resolved, err) from None
 
 
-def load_classifier(resolved: ResolvedModel, label_names: list[str], attention: str = "sdpa") -> torch.nn.Module:
+def load_classifier(resolved: ResolvedModel, label_names: list[str], attention: str = "auto") -> torch.nn.Module:
     """A sequence classifier with `id2label`/`label2id` set, so the saved model is self-describing."""
     id2label = dict(enumerate(label_names))
     try:
@@ -100,13 +122,31 @@ def load_classifier(resolved: ResolvedModel, label_names: list[str], attention: 
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         try:
-            return AutoModelForSequenceClassification.from_pretrained(
-                resolved.path, config=config, local_files_only=resolved.local_only, attn_implementation=attention
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                resolved.path, config=config, local_files_only=resolved.local_only, output_loading_info=True,
+                attn_implementation=effective_attention(attention, config, MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING),
             )
         finally:
             hf_logging.set_verbosity(verbosity)
+        mark_new_encoder_modules(model, info["missing_keys"])
+        return model
+    except AdaptError:
+        raise
     except Exception as err:
         raise _load_error(resolved, err) from None
+
+
+NEW_MODULES = "adapt_new_modules"  # attribute of a loaded classifier: see `mark_new_encoder_modules`
+
+
+def mark_new_encoder_modules(model: torch.nn.Module, missing_keys: list[str]) -> None:
+    """Record on `model` the encoder modules the checkpoint lacked, which start random (BERT's pooler, when the
+    checkpoint was saved from BertForMaskedLM). New like the classifier, they belong to the head: every
+    `model.finetune` mode trains them and a LoRA adapter saves them (`adapt.model.finetune.head_parameter_names`);
+    otherwise `head` would train on a frozen random pooler, and a saved adapter would reload a different one."""
+    prefix = model.base_model_prefix + "."
+    setattr(model, NEW_MODULES, tuple(sorted({k[len(prefix):].split(".", 1)[0] for k in missing_keys
+                                              if k.startswith(prefix)})))
 
 
 @contextmanager

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification
+from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
 
 from adapt.core.errors import AdaptError
 from adapt.hub.ids import looks_like_path
 from adapt.model.loading import (
     EMBEDDED_NAMES,
     ResolvedModel,
+    effective_attention,
     embedded_model_path,
     quiet_adapter_loading,
     resolve_model,
@@ -74,20 +76,21 @@ def _adapter_base(adapter_cfg: Path) -> tuple[str, ResolvedModel]:
 def load_saved_model(model_dir: Path, attention: str | None = None) -> torch.nn.Module:
     """Load a run's `model/` (full model or LoRA adapter) for evaluation or prediction (`attention`: the attention
     kernel, when not the model's default)."""
-    attn = {"attn_implementation": attention} if attention else {}
+    config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)  # carries num_labels / id2label
+    attn = effective_attention(attention, config, MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING)
+    attn = {"attn_implementation": attn} if attn else {}
     adapter_cfg = model_dir / "adapter_config.json"
     if not adapter_cfg.exists():
         return AutoModelForSequenceClassification.from_pretrained(str(model_dir), local_files_only=True, **attn)
     from peft import PeftModel
 
     base, resolved = _adapter_base(adapter_cfg)
-    config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)  # carries num_labels / id2label
     with quiet_adapter_loading():
         try:
             model = AutoModelForSequenceClassification.from_pretrained(
                 resolved.path, config=config, local_files_only=resolved.local_only, **attn)
         except OSError as err:
-            offline = resolved.local_only and resolved.path == base
+            offline = resolved.local_only and not os.path.isdir(resolved.path)  # a local folder's error is its own
             raise AdaptError(
                 f"cannot load {base!r}, the base model of the adapter in {model_dir}"
                 + (" (the Hugging Face Hub is unreachable and it is not in the local cache)" if offline else "")

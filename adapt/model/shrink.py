@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from adapt.core.errors import AdaptError
+from adapt.model.families import set_encoder_layers
 from adapt.model.finetune import encoder_layers
 
 
@@ -23,13 +24,19 @@ def kept_layers(total: int, n: int, choice: str) -> list[int]:
 def keep_layers(model: torch.nn.Module, kept: list[int]) -> None:
     """Keep only the encoder layers `kept` of `model` (a classifier or a bare encoder), in place."""
     layers = encoder_layers(model)
-    base = getattr(model, model.base_model_prefix, model)
-    base.encoder.layer = torch.nn.ModuleList(layers[i] for i in kept)
-    for position, layer in enumerate(base.encoder.layer):
+    total = len(layers)
+    set_encoder_layers(model, torch.nn.ModuleList(layers[i] for i in kept))
+    for position, layer in enumerate(encoder_layers(model)):
         for module in layer.modules():
             if hasattr(module, "layer_idx"):  # only a decoder's key/value cache reads it; kept consistent anyway
                 module.layer_idx = position
-    model.config.num_hidden_layers = len(kept)  # what the saved config.json tells a reload to build
+    # What the saved config.json tells a reload to build (DistilBERT's `n_layers` is the same field by its
+    # attribute map). Per-layer settings go with their layers: ModernBERT alternates global and sliding-window
+    # attention (`layer_types`), and each kept layer keeps its own kind.
+    model.config.num_hidden_layers = len(kept)
+    layer_types = getattr(model.config, "layer_types", None)
+    if isinstance(layer_types, list) and len(layer_types) == total:
+        model.config.layer_types = [layer_types[i] for i in kept]
 
 
 def shrink_layers(model: torch.nn.Module, n: int, choice: str) -> dict:

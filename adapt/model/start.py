@@ -47,13 +47,17 @@ def load_run_classifier(model_dir: Path, attention: str | None = None) -> torch.
     """A finished run's classifier as one plain model: a LoRA adapter is merged into its base weights, so that a new
     run's `model.finetune` (a new LoRA too) applies to the adapted weights."""
     model = load_saved_model(Path(model_dir), attention)
+    if getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False):
+        raise AdaptError(f"`model.init_from`: {model_dir} holds a prompt-type adapter (virtual tokens before the "
+                         "input), which cannot be merged into the weights a new run starts from; start from a run "
+                         "trained with lora, dora, ia3, adalora or a full fine-tune")
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     # peft loads an adapter for inference, every weight frozen; what trains is `model.finetune`'s to say.
     return model.requires_grad_(True)
 
 
-def load_start_encoder(resolved: ResolvedModel, attention: str = "sdpa") -> torch.nn.Module:
+def load_start_encoder(resolved: ResolvedModel, attention: str = "auto") -> torch.nn.Module:
     """The encoder (no head) a run started from, for comparing representations before and after training: the
     pretrained one, or the init run's; with the kept layers only."""
     if resolved.init_dir is None:

@@ -22,6 +22,7 @@ from adapt.recipe.schema import (  # noqa: F401
     LoraSection,
     MethodConfig,
     ModelConfig,
+    PeftSection,
     Recipe,
     ReportConfig,
     SourceData,

@@ -20,7 +20,15 @@ import yaml
 from adapt.core.errors import RecipeError
 from adapt.core.rundir import name_problem, safe_name
 from adapt.methods import available_methods, method_spec, registered_options
-from adapt.recipe.schema import NON_PATH_SCHEMES, LoraSection, MethodConfig, ModelConfig, Recipe
+from adapt.recipe.schema import (
+    NON_PATH_SCHEMES,
+    PEFT_KEYS,
+    LoraSection,
+    MethodConfig,
+    ModelConfig,
+    PeftSection,
+    Recipe,
+)
 
 
 def recipe_key(f: dataclasses.Field) -> str:
@@ -293,7 +301,10 @@ def _check(recipe: Recipe) -> list[str]:
         p.append("`data.label_names` needs at least 2 labels")
     if d.truncation == "head_tail" and d.text_pair_column:
         p.append("`data.truncation: head_tail` works on single texts; use `head` or `tail` with `data.text_pair_column`")
-    if m.lora is not None and m.finetune != "lora":
+    if m.lora is not None and m.finetune == "peft":
+        p.append("`model.lora` is the short form for `model.finetune: lora`; with `model.finetune: peft` write its keys "
+                 "under `model.peft` (`model.peft.type: lora`, `model.peft.r`, ...)")
+    elif m.lora is not None and m.finetune != "lora":
         p.append(f"`model.lora` is set but `model.finetune` is `{m.finetune}`; set `model.finetune=lora` or remove `model.lora`")
     if m.freeze_layers is not None and m.finetune != "freeze":
         p.append(f"`model.freeze_layers` is set but `model.finetune` is `{m.finetune}`; set `model.finetune=freeze` or remove it")
@@ -311,8 +322,10 @@ def _check(recipe: Recipe) -> list[str]:
             p.append(f"`model.lora.alpha` must be > 0, got {m.lora.alpha}")
         if not 0 <= m.lora.dropout < 1:
             p.append(f"`model.lora.dropout` must be in [0, 1), got {m.lora.dropout}")
-        if not m.lora.target_modules:
-            p.append("`model.lora.target_modules` must name at least one module, e.g. [query, value]")
+        if m.lora.target_modules is not None and not m.lora.target_modules:
+            p.append("`model.lora.target_modules` must name at least one module, e.g. [query, value], or be null "
+                     "for the model family's default")
+    p += _check_peft(recipe)
     for key, value, low in (
         ("train.epochs", t.epochs, 1), ("train.batch_size", t.batch_size, 1), ("train.grad_accum", t.grad_accum, 1),
         ("train.checkpoint_every_steps", t.checkpoint_every_steps, 1), ("train.keep_checkpoints", t.keep_checkpoints, 1),
@@ -348,6 +361,62 @@ def _check(recipe: Recipe) -> list[str]:
     unknown = [t for t in recipe.report.trackers if t not in TRACKERS]
     if unknown:
         p.append(f"`report.trackers`: unknown tracker(s) {unknown}; choose from {', '.join(TRACKERS)}")
+    return p
+
+
+# PEFT types whose virtual tokens lengthen the sequence the encoder returns, and the methods whose heads read every
+# token position of the input (a masked-LM head matches its outputs to the input tokens one to one).
+PROMPT_TYPES = ("prompt_tuning", "p_tuning")
+TOKEN_HEAD_METHODS = ("dapt", "tapt", "udalm")
+
+
+def _check_peft(recipe: Recipe) -> list[str]:
+    """`model.peft`: only with `finetune: peft`; only the keys its type reads; values in range; the combinations
+    with methods and stacked starts that a type cannot serve, refused before anything loads."""
+    m, c = recipe.model, recipe.model.peft
+    if c is None:
+        return []
+    if m.finetune != "peft":
+        return [f"`model.peft` is set but `model.finetune` is `{m.finetune}`; set `model.finetune=peft` or remove "
+                "`model.peft`"]
+    defaults, p = PeftSection(), []
+    for key, types_ in PEFT_KEYS.items():
+        if c.type not in types_ and getattr(c, key) != getattr(defaults, key):
+            p.append(f"`model.peft.{key}` is set but `model.peft.type` is `{c.type}`, which does not use it (it is for "
+                     f"{', '.join(types_)}); remove it or change `model.peft.type`")
+    if c.type == "prefix_tuning":
+        p.append("`model.peft.type: prefix_tuning` needs an encoder that takes past key values, and BERT-style encoders "
+                 "in transformers 5 do not; use `prompt_tuning` or `p_tuning` (virtual tokens at the input) instead")
+    p += _peft_ranges(c, recipe.train.max_steps)
+    if c.type in PROMPT_TYPES and recipe.method.name in TOKEN_HEAD_METHODS:
+        p.append(f"`model.peft.type: {c.type}` puts virtual tokens before the input, so the encoder returns more "
+                 f"positions than there are input tokens, and method `{recipe.method.name}`'s masked-LM head needs one "
+                 "per token; use a weight-adapter type (lora, dora, ia3, adalora) or another method")
+    if c.type in PROMPT_TYPES and (m.init_from is not None or m.num_layers is not None):
+        key = "model.init_from" if m.init_from is not None else "model.num_layers"
+        p.append(f"`{key}` makes the run save its model merged (its starting weights are in no other folder), and "
+                 f"`model.peft.type: {c.type}` cannot be merged into weights; use lora, dora, ia3 or adalora")
+    return p
+
+
+def _peft_ranges(c: PeftSection, max_steps: int | None) -> list[str]:
+    rules = [("r", c.r > 0, "> 0"), ("alpha", c.alpha > 0, "> 0"), ("dropout", 0 <= c.dropout < 1, "in [0, 1)"),
+             ("target_modules", c.target_modules is None or len(c.target_modules) > 0, "null or a non-empty list"),
+             ("init_r", c.init_r >= 1, ">= 1"), ("target_r", 1 <= c.target_r <= c.init_r, ">= 1 and <= init_r"),
+             ("tinit", c.tinit >= 0, ">= 0"), ("tfinal", c.tfinal >= 0, ">= 0"), ("deltaT", c.deltaT >= 1, ">= 1"),
+             ("total_step", c.total_step is None or c.total_step >= 1, ">= 1 or null"),
+             ("num_virtual_tokens", c.num_virtual_tokens >= 1, ">= 1"),
+             ("encoder_hidden_size", c.encoder_hidden_size is None or c.encoder_hidden_size >= 1, ">= 1 or null")]
+    used = {k for k, types_ in PEFT_KEYS.items() if c.type in types_}
+    p = [f"`model.peft.{k}` must be {rule}, got {getattr(c, k)}" for k, ok, rule in rules if k in used and not ok]
+    if c.type == "adalora" and not p:
+        total = c.total_step or max_steps
+        if total is None:
+            p.append("`model.peft.type: adalora` needs `model.peft.total_step`, the optimizer steps its rank schedule "
+                     "spans (over all phases; e.g. 3 epochs x 68 steps = 204), or `train.max_steps`")
+        elif c.tinit >= total - c.tfinal:
+            p.append(f"`model.peft.tinit` ({c.tinit}) must be < total_step - tfinal ({total} - {c.tfinal}): AdaLoRA "
+                     "prunes ranks between the two; lower `tinit`/`tfinal` or raise `model.peft.total_step`")
     return p
 
 
@@ -406,7 +475,7 @@ def _check_method(recipe: Recipe) -> list[str]:
             p += opts.cls(**{f.name: getattr(m, f.name) for f in dataclasses.fields(opts.cls)}).problems()
     if t.l2sp < 0:
         p.append(f"`train.l2sp` must be >= 0, got {t.l2sp}")
-    if t.l2sp > 0 and recipe.model.finetune in ("lora", "head"):
+    if t.l2sp > 0 and recipe.model.finetune in ("lora", "peft", "head"):
         p.append(f"`train.l2sp` regularises the pretrained encoder weights that train, and with `model.finetune="
                  f"{recipe.model.finetune}` none do; use `full` or `freeze`, or set `train.l2sp=0`")
     return p
@@ -484,6 +553,12 @@ def parse_recipe(
     recipe = _build(Recipe, raw, "", problems)
     if recipe.model.finetune == "lora" and recipe.model.lora is None:
         recipe = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, lora=LoraSection()))
+    if recipe.model.finetune == "peft" and recipe.model.peft is None:
+        recipe = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, peft=PeftSection()))
+    peft = recipe.model.peft
+    if peft is not None and peft.type == "adalora" and peft.total_step is None and recipe.train.max_steps:
+        peft = dataclasses.replace(peft, total_step=recipe.train.max_steps)  # the documented default
+        recipe = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, peft=peft))
     if recipe.name is None:  # the recipe file's name, made a valid run name: the user did not write it
         recipe = dataclasses.replace(recipe, name=safe_name(default_name or "run"))
     problems += _check(recipe)  # with the problems above: every problem is reported at once

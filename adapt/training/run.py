@@ -31,6 +31,7 @@ from adapt.model.heads import AdaptModel, classifier_of
 from adapt.model.init_run import start_text
 from adapt.model.limits import max_length_problem, start_problems
 from adapt.model.loading import ResolvedModel
+from adapt.model.peft_setup import per_step_calls
 from adapt.model.saving import save_model
 from adapt.model.start import load_start
 from adapt.recipe import Recipe, recipe_to_dict, recipe_to_yaml
@@ -84,6 +85,12 @@ RESUMABLE_CHANGES = {"train.resume", "train.max_steps", "train.checkpoint_every_
                      "train.num_workers", "train.cpu_threads", "hub.push", "hub.repo_id", "hub.private"}
 
 
+# Defaults that changed, each to a value that computes the same for every run the old one could start:
+# `model.attention: sdpa` only loaded models with SDPA, where `auto` is SDPA; `[query, value]` only applied to models
+# with such modules, whose family default it is (`adapt.model.families`).
+FORMER_DEFAULTS = {"model.attention": ("sdpa", "auto"), "model.lora.target_modules": (["query", "value"], None)}
+
+
 def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
@@ -103,6 +110,9 @@ def check_same_recipe(recipe: Recipe, run: RunDir) -> None:
     # (upgrading adapt between an interruption and its resume must not orphan the run).
     defaults = _flatten(recipe_to_dict(Recipe()))
     before = {**{k: defaults[k] for k in now.keys() - before.keys() if k in defaults}, **before}
+    # A run saved under a former default and resumed at the new one: the same computation.
+    before.update({k: new for k, (old, new) in FORMER_DEFAULTS.items()
+                   if before.get(k) == old and now.get(k, old) == new})
     changed = sorted(k for k in before.keys() | now.keys() if k not in RESUMABLE_CHANGES and before.get(k) != now.get(k))
     if changed:
         diffs = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:5])
@@ -276,7 +286,7 @@ def _run(recipe: Recipe, run: RunDir, resume_from: Path | None, accelerator: Acc
         if recipe.eval.label_free or recipe.eval.select_on in CRITERIA else None
     ctx = LoopContext(accelerator, recipe, model, run, collate, label_names, splits[select], tokenized[select],
                       l2sp_anchors=l2sp_anchors(recipe, net, bundle.resolved), run_dirs=method.run_dirs,
-                      label_free=probe)
+                      label_free=probe, model_step_calls=per_step_calls(net))
     method_ctx = MethodContext(recipe, tokenized, bundle.tokenizer, net, run)
     state = train(ctx, method.phases(method_ctx), resume_from)
 
@@ -297,6 +307,8 @@ def _run(recipe: Recipe, run: RunDir, resume_from: Path | None, accelerator: Acc
         "labels": label_names,
         "model": {"name_or_path": bundle.resolved.name_or_path, "resolved_path": bundle.resolved.path,
                   "finetune": recipe.model.finetune, "params_total": total, "params_trainable": trainable,
+                  # the kernel used (`model.attention: auto` resolves per model class)
+                  "attention": getattr(classifier.config, "_attn_implementation", None),
                   **bundle.finetune_info, **bundle.start_info},
         "splits": results,
         "method_summary": {**method.summary(method_ctx), "phases": phase_summaries(run),
@@ -337,8 +349,9 @@ def _print_setup(accelerator: Accelerator, run: RunDir, resume_from: Path | None
     sizes = ", ".join(f"{name} {len(s.dataset)}" for name, s in splits.items())
     accelerator.print(f"run: {run.root}" + (f" (resuming {resume_from.name})" if resume_from else ""))
     accelerator.print(f"data: {sizes}; labels {label_names}")
-    accelerator.print(f"model: {bundle.resolved.name_or_path} from {bundle.resolved.path}; finetune {recipe.model.finetune}, "
-                      f"{trainable:,} of {total:,} parameters train")
+    accelerator.print(f"model: {bundle.resolved.name_or_path} from {bundle.resolved.path}; finetune {recipe.model.finetune}"
+                      + (f" ({recipe.model.peft.type})" if recipe.model.peft else "")
+                      + f", {trainable:,} of {total:,} parameters train")
     if start := start_text(bundle.start_info):
         accelerator.print(f"start: {start}")
     accelerator.print(f"method: {recipe.method.name}; {accelerator.num_processes} process(es) on {device_name(accelerator)}, "

@@ -99,6 +99,7 @@ def resolve_teachers(teachers: list[str], label_names: list[str]) -> list[tuple[
     """(as given, model folder) for each teacher; a missing one, or one with other labels, is an `AdaptError`."""
     from adapt.serving.inference import label_names as teacher_labels
     from adapt.serving.inference import resolve_model_dir
+    from adapt.serving.onnx import ONNX_FILE
 
     found = []
     for i, given in enumerate(teachers):
@@ -107,6 +108,9 @@ def resolve_teachers(teachers: list[str], label_names: list[str]) -> list[tuple[
             model_dir, _ = resolve_model_dir(Path(given))
         except AdaptError as err:
             raise AdaptError(f"{key} = {given}: {err}") from None
+        if (model_dir / ONNX_FILE).is_file():  # served by onnxruntime: no torch module to count or place
+            raise AdaptError(f"{key} = {given}: {model_dir} is an ONNX export; give the run directory (or its model/ "
+                             "folder) the export was made from: it predicts the same")
         labels = teacher_labels(model_dir)
         if labels != list(label_names):
             raise AdaptError(
