@@ -2,7 +2,7 @@
 """Inference throughput and accuracy of a trained run, side by side in one process: PyTorch fp32 (the run's own
 model), PyTorch int8 (`adapt export --int8`), ONNX Runtime fp32 and int8 (`adapt export --onnx [--int8]`).
 
-    python benchmarks/inference.py RUN_DIR --data LABELLED.jsonl [--domain kitchen] [--batch-size 64] [--threads 1]
+    python benchmarks/inference.py RUN_DIR --data LABELLED.jsonl [--domain kitchen] [--compare NAME=DIR] [--batch-size 64] [--threads 1]
 
 Exports RUN_DIR into a temporary folder for each exported engine and loads each as `adapt predict` does. The texts
 are tokenised once, as `adapt predict` tokenises them (`adapt.serving.inference.text_batches`: the run's
@@ -13,6 +13,8 @@ batch**, in an order that rotates: a background load that comes and goes then sl
 whole passes in turn did not ensure on a shared CPU. Prints texts/s (model time only), the ratio to PyTorch
 fp32, accuracy against the labels, the change in points and how often each agrees with PyTorch fp32, and the
 CPU's SIMD flags. `--engines torch-int8,onnx-int8` runs a subset (PyTorch fp32 always runs: it is the baseline).
+`--compare NAME=DIR` (repeatable) adds another run's (or model folder's) own model on the same batches, e.g. a
+distilled student beside its teacher (`RUN_DIR` = the teacher); it must tokenise as RUN_DIR does.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="threads for every engine (default 1)")
     p.add_argument("--rounds", type=int, default=3, help="timed passes per engine, taken in turns (median kept)")
     p.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated subset of {list(ENGINES)}")
+    p.add_argument("--compare", action="append", default=[], metavar="NAME=DIR",
+                   help="another run or model folder measured beside RUN_DIR's engines (same tokenisation)")
     p.add_argument("--json", type=Path, help="also write the results here")
     return p.parse_args()
 
@@ -67,6 +71,8 @@ def prepare_batches(loaded: dict, texts: list[str], batch_size: int) -> tuple[li
 
     settings = {(m.data_cfg.max_length, m.data_cfg.truncation, m.data_cfg.normalize) for m in loaded.values()}
     assert len(settings) == 1, f"the engines tokenise differently: {settings}"
+    vocab = loaded["torch-fp32"].tokenizer.get_vocab()
+    assert all(m.tokenizer.get_vocab() == vocab for m in loaded.values()), "the models use different tokenizers"
     ((max_length, truncation, normalize),) = settings
     tokenizer = loaded["torch-fp32"].tokenizer  # the exports carry the run's tokenizer
     start = time.perf_counter()
@@ -131,13 +137,21 @@ def main() -> int:
     rows = [r for r in rows if args.domain in (None, r.get("domain"))]
     texts = [r["text"] for r in rows]
     loaded = load_engines(args.run_dir, names, Path(tempfile.mkdtemp()))
+    from adapt.serving.inference import load_for_inference
+
+    for item in args.compare:
+        name, _, folder = item.partition("=")
+        loaded[name] = load_for_inference(Path(folder))
     label_names = loaded["torch-fp32"].label_names
-    labels = np.array([label_names.index(str(r["label"])) for r in rows])
+    # A label name, or its index (the Amazon carve's labels are 0/1).
+    labels = np.array([label_names.index(str(r["label"])) if str(r["label"]) in label_names else int(r["label"])
+                       for r in rows])
     batches, tokenise_s = prepare_batches(loaded, texts, args.batch_size)
     results = measure(loaded, batches, labels, args.rounds)
     print_table(results, len(texts), tokenise_s, args)
     if args.json:
-        record = {"texts": len(texts), "batch_size": args.batch_size, "threads": args.threads, "rounds": args.rounds,
+        record = {"run_dir": str(args.run_dir), "compare": args.compare,
+                  "texts": len(texts), "batch_size": args.batch_size, "threads": args.threads, "rounds": args.rounds,
                   "tokenise_seconds": tokenise_s, "cpu_flags": cpu_flags(), "results": results}
         args.json.write_text(json.dumps(record, indent=2) + "\n")
     return 0

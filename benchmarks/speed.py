@@ -42,6 +42,7 @@ ROWS: dict[str, tuple[str, list[str], str]] = {
     "eager_attention": ("adapt", ["model.attention=eager"], "defaults with eager attention instead of SDPA"),
     "plain": ("adapt", ["train.group_by_length=false", "model.attention=eager"], "none of the speed options"),
     "bf16": ("adapt", ["train.mixed_precision=bf16"], "defaults with bf16 autocast"),
+    "fp32": ("adapt", ["train.mixed_precision=no"], "defaults in fp32 (`auto` picks bf16 where the CPU has AVX512-BF16)"),
     "compile": ("adapt", ["train.compile=true"], "defaults with torch.compile (compile time included)"),
     # The masked-LM phase of dapt/tapt/udalm: the same training loop on the domain's texts (labels unused).
     "mlm": ("adapt", ["method.name=dapt", "method.mlm.steps=100000", "data.target.unlabeled={train}"],
