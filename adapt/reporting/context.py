@@ -7,6 +7,7 @@ partials `_gap.md.j2`, `_method.md.j2` and `_diagnostics.md.j2`.
 from __future__ import annotations
 
 from adapt.core.formatting import pct, pct_interval
+from adapt.evaluation.label_free import CRITERIA
 from adapt.methods import available_methods, method_spec
 from adapt.model.init_run import start_text
 
@@ -128,14 +129,14 @@ def _method(report: dict) -> dict | None:
             "l2sp": ms.get("l2sp")}
 
 
-# How to read each label-free criterion (`adapt.evaluation.label_free`), in the report's table.
+# What each label-free criterion measures, in the report's table; which way is better comes from its registry entry.
 _CRITERIA_HELP = {
-    "entropy": ("lower", "mean prediction entropy (confidence)"),
-    "im": ("higher", "information maximisation: confident and using every class"),
-    "class_balance": ("lower", "KL of the predicted class shares from the source prior"),
-    "snd": ("higher", "soft neighbourhood density of the target predictions"),
-    "dev": ("lower", "deep embedded validation: source dev loss weighted towards the target"),
-    "domain_balance": ("lower", "distance of the discriminator's domain accuracy from 0.5 (last quarter)"),
+    "entropy": "mean prediction entropy (confidence)",
+    "im": "information maximisation: confident and using every class",
+    "class_balance": "KL of the predicted class shares from the source prior",
+    "snd": "soft neighbourhood density of the target predictions",
+    "dev": "deep embedded validation: source dev loss weighted towards the target",
+    "domain_balance": "distance of the discriminator's domain accuracy from 0.5 (last quarter)",
 }
 
 
@@ -143,7 +144,8 @@ def _label_free(lf: dict | None) -> dict | None:
     """The final model's label-free criteria on the unlabelled target sample, and the class shares it predicts."""
     if not lf or not lf.get("criteria"):
         return None
-    rows = [(k, _g(v), *_CRITERIA_HELP.get(k, ("–", ""))) for k, v in lf["criteria"].items()]
+    rows = [(k, _g(v), ("higher" if CRITERIA[k].higher_is_better else "lower") if k in CRITERIA else "–",
+             _CRITERIA_HELP.get(k, "")) for k, v in lf["criteria"].items()]
     shares = [(k, pct(v), pct(lf.get("source_prior", {}).get(k))) for k, v in lf.get("predicted_distribution", {}).items()]
     return {"examples": lf.get("examples", "?"), "rows": rows, "shares": shares}
 
