@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -143,6 +144,18 @@ def tiny_recipe(tiny_model_dir, tiny_data, tmp_path) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
+
+
+@contextmanager
+def stop_at(monkeypatch, step: int):
+    """Within the block, training stops at optimizer step `step` as SIGTERM would: a checkpoint, then
+    `RunInterrupted`; other stop requests still count."""
+    import adapt.training.loop
+
+    real = adapt.training.loop._stop_agreed
+    with monkeypatch.context() as mp:
+        mp.setattr(adapt.training.loop, "_stop_agreed", lambda ctx: ctx.state.global_step == step or real(ctx))
+        yield
 
 
 def train_tiny(tmp: Path, model: str | Path, data: dict[str, Path], overrides: list[str]) -> Path:

@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import train_tiny
+from conftest import stop_at, train_tiny
 
 import adapt.methods.distill.method as distill
-import adapt.training.loop
 from adapt import load_recipe
 from adapt.core.errors import AdaptError, RecipeError, RunInterrupted
 from adapt.methods.base import StepInfo
@@ -190,11 +189,8 @@ def test_resumed_run_reads_the_teacher_file_back(teacher, tiny_recipe, tmp_path,
     full = tmp_path / "full"
     run(load_recipe(tiny_recipe, [*base, f"output_dir={full}"]))
     part = tmp_path / "part"
-    real = adapt.training.loop._stop_agreed
-    monkeypatch.setattr(adapt.training.loop, "_stop_agreed", lambda ctx: ctx.state.global_step == 6 or real(ctx))
-    with pytest.raises(RunInterrupted):
+    with stop_at(monkeypatch, 6), pytest.raises(RunInterrupted):
         run(load_recipe(tiny_recipe, [*base, f"output_dir={part}"]))
-    monkeypatch.setattr(adapt.training.loop, "_stop_agreed", real)
     written = (part / "teacher" / "probs.safetensors").read_bytes()
 
     def no_teacher(*args, **kwargs):

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import stop_at
 
 import adapt.training.loop
 from adapt import load_recipe
@@ -373,11 +374,8 @@ def test_two_stream_method_resumes_exactly(method, tiny_recipe, tmp_path, monkey
     full = tmp_path / "full"
     run(load_recipe(tiny_recipe, [*base, f"output_dir={full}"]))
     part = tmp_path / "part"
-    real = adapt.training.loop._stop_agreed
-    monkeypatch.setattr(adapt.training.loop, "_stop_agreed", lambda ctx: ctx.state.global_step == 9 or real(ctx))
-    with pytest.raises(RunInterrupted):
+    with stop_at(monkeypatch, 9), pytest.raises(RunInterrupted):
         run(load_recipe(tiny_recipe, [*base, f"output_dir={part}"]))
-    monkeypatch.setattr(adapt.training.loop, "_stop_agreed", real)
     run(load_recipe(tiny_recipe, [*base, f"output_dir={part}"]))
     a = {r["global_step"]: r for r in log_rows(full) if "loss" in r}
     b = {r["global_step"]: r for r in log_rows(part) if "loss" in r}

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import stop_at
 
-import adapt.training.loop
 from adapt import load_recipe
 from adapt.core.errors import RunInterrupted
 from adapt.training.run import run
@@ -35,14 +35,11 @@ def test_resumed_run_matches_uninterrupted(tiny_recipe, tmp_path, monkeypatch):
     run(load_recipe(tiny_recipe, [*BASE, f"output_dir={full}"]))
 
     part = tmp_path / "part"
-    real = adapt.training.loop._stop_agreed
     # Ask for a stop mid-epoch (9 steps per epoch), as SIGTERM would.
-    monkeypatch.setattr(adapt.training.loop, "_stop_agreed", lambda ctx: ctx.state.global_step == 6 or real(ctx))
-    with pytest.raises(RunInterrupted, match="interrupted at step 6"):
+    with stop_at(monkeypatch, 6), pytest.raises(RunInterrupted, match="interrupted at step 6"):
         run(load_recipe(tiny_recipe, [*BASE, f"output_dir={part}"]))
     assert sorted(p.name for p in (part / "checkpoints").iterdir()) == ["step-00000004", "step-00000006"]
     assert not (part / "report.json").exists()
-    monkeypatch.setattr(adapt.training.loop, "_stop_agreed", real)
 
     run(load_recipe(tiny_recipe, [*BASE, f"output_dir={part}"]))  # train.resume=auto continues step 6
     a, b = losses(full), losses(part)
@@ -95,11 +92,8 @@ def test_finished_run_is_refused_and_left_intact(tiny_recipe, tmp_path):
 
 def test_resuming_with_a_different_recipe_is_refused(tiny_recipe, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    real = adapt.training.loop._stop_agreed
-    monkeypatch.setattr(adapt.training.loop, "_stop_agreed", lambda ctx: ctx.state.global_step == 3 or real(ctx))
-    with pytest.raises(RunInterrupted):
+    with stop_at(monkeypatch, 3), pytest.raises(RunInterrupted):
         run(load_recipe(tiny_recipe, [*BASE, f"output_dir={out}"]))
-    monkeypatch.setattr(adapt.training.loop, "_stop_agreed", real)
     from adapt.core.errors import AdaptError
 
     with pytest.raises(AdaptError, match=r"different recipe \(train.lr: 0.005 -> 0.001\)"):

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import stop_at
 from datasets import Dataset
 from safetensors.torch import load_file
 
 import adapt.methods.self_training.method as st
-import adapt.training.loop
 from adapt import load_recipe
 from adapt.core.errors import AdaptError, RunInterrupted
 from adapt.methods.self_training import SelfTrainingOptions, report_lines
@@ -374,11 +374,8 @@ def test_teacher_resumes_bit_for_bit(tiny_recipe, tiny_data, tmp_path, monkeypat
     ema_full = dict(teacher_spy["ema"])
     teacher_spy["ema"].clear()
 
-    real = adapt.training.loop._stop_agreed
-    monkeypatch.setattr(adapt.training.loop, "_stop_agreed", lambda ctx: ctx.state.global_step == 39 or real(ctx))
-    with pytest.raises(RunInterrupted, match="interrupted at step 39"):  # in round 1 (the source phase is 36 steps)
+    with stop_at(monkeypatch, 39), pytest.raises(RunInterrupted, match="interrupted at step 39"):  # in round 1 (the source phase is 36 steps)
         run(load_recipe(tiny_recipe, [*args, f"output_dir={part}"]))
-    monkeypatch.setattr(adapt.training.loop, "_stop_agreed", real)
     run(load_recipe(tiny_recipe, [*args, f"output_dir={part}"]))
 
     last = max(ema_full)

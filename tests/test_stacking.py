@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_tokenizer, train_tiny
+from conftest import make_tokenizer, stop_at, train_tiny
 from safetensors.torch import load_file
 
 import adapt.training.loop
@@ -176,12 +176,9 @@ def test_an_interrupted_stacked_run_resumes_as_if_uninterrupted(lora_first, tiny
     args = [f"model.init_from={lora_first}", "model.finetune=lora", "train.epochs=1", "train.checkpoint_every_steps=2",
             "eval.diagnostics=false"]
     full = stack(tmp_path, "full", tiny_recipe, *args)
-    real = adapt.training.loop._stop_agreed
-    monkeypatch.setattr(adapt.training.loop, "_stop_agreed", lambda ctx: ctx.state.global_step == 3 or real(ctx))
-    with pytest.raises(RunInterrupted):
+    with stop_at(monkeypatch, 3), pytest.raises(RunInterrupted):
         stack(tmp_path, "part", tiny_recipe, *args)
     assert (tmp_path / "part" / "checkpoints" / "step-00000003").is_dir() and not (tmp_path / "part" / "report.json").exists()
-    monkeypatch.setattr(adapt.training.loop, "_stop_agreed", real)
     part = stack(tmp_path, "part", tiny_recipe, *args)
     a, b = state(load_saved_model(full / "model")), state(load_saved_model(part / "model"))
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
