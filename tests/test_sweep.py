@@ -196,3 +196,61 @@ def test_label_free_benchmark_correlates_and_selects(tmp_path):
     assert sel["source_dev"]["mean_target_accuracy"] == pytest.approx(0.75) and sel["oracle"]["picked"] == {"a": 0, "b": 2}
     assert lf.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     assert "| entropy | 4 | +1.00 |" in lf.render({"correlations": corr, "selection": sel})
+
+
+def test_issue_targets_checker_judges_only_complete_sweeps(tmp_path, capsys):
+    """benchmarks/amazon_targets.py: each bar of issue 12 is met, not met, or not measured when pairs or seeds are
+    missing; the worst single run is measured against the pair's source-only mean, not its own seed."""
+    targets = _load_benchmark("amazon_targets")
+    pairs = targets.ALL_PAIRS
+
+    def result(name: str, pair: str, seed: int, acc: float, **extra) -> None:
+        path = tmp_path / name / f"{pair.replace(':', '-')}.seed{seed}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"method": name.split("+")[0], "pair": pair, "seed": seed, "target_accuracy": acc,
+                                    "splits": {"source_dev": {"macro_f1": 0.9, "accuracy": 0.9}}, **extra}))
+
+    for i, pair in enumerate(pairs):
+        for seed in (1, 2, 3):
+            result("source_only", pair, seed, 0.80, label_free={"criteria": {"entropy": 0.3}})
+        for seed in (1, 2, 3, 4, 5):
+            # +4 points on 11 pairs, -1 on the last; one run of pair 0 sits 3.5 points below source-only
+            acc = 0.765 if (i == 0 and seed == 5) else (0.79 if i == 11 else 0.84 + (0.01875 if i == 0 else 0))
+            result("best", pair, seed, acc, label_free={"criteria": {"entropy": 0.1}})
+    runs = targets.load(tmp_path)
+    bars = {b["bar"]: b for b in targets.recommended_bars(runs, "best", tmp_path, None)}
+    assert bars["mean gain over source_only"]["gain_points"] == pytest.approx((11 * 4 - 1) / 12)
+    assert bars["mean gain over source_only"]["verdict"] == "met"  # 3.58 >= 3.5
+    assert bars["pairs better than source_only"]["pairs_better"] == 11
+    assert bars["worst single run"]["worst_points"] == pytest.approx(-3.5)
+    assert bars["worst single run"]["verdict"] == "not met"
+    assert bars["paired bootstrap"]["verdict"] == "not measured"  # no --work: no predictions
+    empty = {b["bar"]: b for b in targets.recommended_bars(runs, "best", tmp_path, tmp_path / "work")}
+    assert empty["paired bootstrap"]["measured"].startswith("no pair of run folders")
+
+    # A criterion that ranks every run as the labels do; selection by it beats source dev's tie-broken pick.
+    crit = {b["bar"]: b for b in targets.criterion_bars(tmp_path, None)}
+    assert crit["label-free criterion"]["criterion"] == "entropy" and crit["label-free criterion"]["verdict"] == "met"
+
+    # Four seeds of the recommended setting are not enough, and one pair missing makes nothing judgeable.
+    partial = targets.load(tmp_path)
+    for pair in pairs:
+        del partial["best"][pair][5]
+    assert targets.recommended_bars(partial, "best", tmp_path, None)[0]["verdict"] == "not measured"
+    partial = targets.load(tmp_path)
+    del partial["best"][pairs[3]]
+    assert {b["verdict"] for b in targets.recommended_bars(partial, "best", tmp_path, None)} == {"not measured"}
+
+    # Students: the teacher's accuracy comes from each distill record.
+    for pair in pairs:
+        for name, acc, params in (("distill", 0.836, 100), ("distill+half", 0.82, 77)):
+            result(name, pair, 1, acc, method_summary={"teacher": {"accuracy": {"target_test": 0.84}, "params_total": 100},
+                                                       "student": {"params_total": params}})
+    students = targets.student_bars(targets.load(tmp_path), "distill", "distill+half")
+    assert students[0]["gap_points"] == pytest.approx(-0.4) and students[0]["verdict"] == "met"
+    assert students[1]["gap_points"] == pytest.approx(-2.0) and students[1]["verdict"] == "reported"
+    assert "77% of the teacher's parameters" in students[1]["measured"]
+
+    assert targets.main(["--results", str(tmp_path), "--recommended", "best", "--out", str(tmp_path / "t.json")]) == 0
+    assert "| worst single run |" in capsys.readouterr().out and json.loads((tmp_path / "t.json").read_text())["bars"]
+    assert targets.main(["--results", str(tmp_path / "none"), "--recommended", "best"]) == 1
