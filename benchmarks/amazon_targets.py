@@ -19,6 +19,10 @@ The bars, from the issue ("Done when", carved Amazon split):
 6. some label-free criterion reaches Spearman >= 0.6 with target test accuracy over the sweep's runs, and
 7. selecting by it among `--candidates` is not worse on average than selecting on the source dev split
    (`amazon_label_free.py`; target labels judge the criteria here, they never select).
+
+`--choose A,B,C [--choose-by source_dev|<criterion>]` picks the recommended setting without target labels, before
+it is judged: the candidate with the best mean source dev macro-F1 (or label-free criterion) over its first 3 seeds
+on the 12 pairs, any candidate with an alarm in a run excluded. Its 4th and 5th seeds are then fresh runs.
 """
 
 from __future__ import annotations
@@ -162,6 +166,27 @@ def criterion_bars(results: Path, candidates: list[str] | None) -> list[dict]:
     return out
 
 
+def choose(runs: dict, candidates: list[str], by: str, seeds: int = 3) -> dict:
+    """The recommended setting, chosen without target labels: among candidate settings with `seeds` seeds on all 12
+    pairs, the best mean of `by` over their runs (`source_dev`: source dev macro-F1; or a label-free criterion,
+    signed so that higher is better). A candidate with a collapse or adversary alarm in any run is out: the
+    recommended recipe must not fail on a pair, and the alarms see failure without target labels."""
+    table = {}
+    for name in candidates:
+        recs = [r for p in ALL_PAIRS for r in list(runs.get(name, {}).get(p, {}).values())[:seeds]]
+        complete = all(len(runs.get(name, {}).get(p, {})) >= seeds for p in ALL_PAIRS)
+        values = [r["splits"]["source_dev"]["macro_f1"] if by == "source_dev" else amazon_label_free.score(r, by)
+                  if r.get("label_free") else None for r in recs]
+        alarmed = sum(bool(r.get("alarms")) for r in recs)
+        usable = complete and all(v is not None for v in values)
+        table[name] = {"runs": len(recs), "complete": complete, "alarmed_runs": alarmed,
+                       "mean": float(np.mean(values)) if usable else None}
+    measured = all(t["mean"] is not None for t in table.values())  # no choice before every candidate is in
+    eligible = {n: t["mean"] for n, t in table.items() if t["mean"] is not None and not t["alarmed_runs"]}
+    return {"by": by, "seeds": seeds, "candidates": table,
+            "chosen": max(eligible, key=eligible.get) if measured and eligible else None}
+
+
 def render(bars: list[dict]) -> str:
     lines = ["| bar | needed | measured | verdict |", "|---|---|---|---|"]
     lines += [f"| {b['bar']} | {b['needed']} | {b['measured']} | **{b['verdict']}** |" for b in bars]
@@ -171,7 +196,11 @@ def render(bars: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "amazon_pairs_v2")
-    p.add_argument("--recommended", required=True, help="result folder of the recommended setting, method[+variant]")
+    p.add_argument("--recommended", help="result folder of the recommended setting, method[+variant]")
+    p.add_argument("--choose", help="instead: choose the recommended setting among these result folders "
+                   "(comma-separated), by --choose-by, from their first 3 seeds on the 12 pairs")
+    p.add_argument("--choose-by", default="source_dev", choices=["source_dev", *amazon_label_free.CRITERIA],
+                   help="source dev macro-F1 or a label-free criterion (never target labels)")
     p.add_argument("--work", type=Path, help="the sweep's run folders, for the paired bootstrap")
     p.add_argument("--student", default="distill", help="result folder of the same-size student")
     p.add_argument("--half-student", help="result folder of the smaller student, e.g. distill+half")
@@ -184,6 +213,18 @@ def main(argv: list[str] | None = None) -> int:
     if not runs:
         print(f"no result files under {args.results} (expected <method>/<S>-<T>.seed<k>.json)", file=sys.stderr)
         return 1
+    if args.choose:
+        choice = choose(runs, args.choose.split(","), args.choose_by)
+        print("| candidate | runs | alarmed runs | mean " + args.choose_by + " |\n|---|---:|---:|---:|")
+        for name, t in choice["candidates"].items():
+            mean = "incomplete" if t["mean"] is None else f"{t['mean']:.4f}"
+            print(f"| {name} | {t['runs']} | {t['alarmed_runs']} | {mean} |")
+        print(f"chosen: {choice['chosen'] or 'none (every candidate needs 3 seeds on all 12 pairs; one needs no alarm)'}")
+        if args.out:
+            atomic_write_json(args.out, choice)
+        return 0 if choice["chosen"] else 1
+    if not args.recommended:
+        p.error("give --recommended (judge a setting) or --choose (choose one)")
     bars = (recommended_bars(runs, args.recommended, args.results, args.work, args.seeds, args.baseline_seeds)
             + student_bars(runs, args.student, args.half_student)
             + criterion_bars(args.results, args.candidates.split(",") if args.candidates else None))

@@ -232,6 +232,17 @@ def test_issue_targets_checker_judges_only_complete_sweeps(tmp_path, capsys):
     crit = {b["bar"]: b for b in targets.criterion_bars(tmp_path, None)}
     assert crit["label-free criterion"]["criterion"] == "entropy" and crit["label-free criterion"]["verdict"] == "met"
 
+    # Choosing without target labels: lower entropy wins, an alarm in any run rules a candidate out, and nothing is
+    # chosen while a candidate lacks a pair.
+    assert targets.choose(runs, ["source_only", "best"], "entropy")["chosen"] == "best"
+    assert targets.choose(runs, ["source_only", "best"], "source_dev")["candidates"]["best"]["runs"] == 36
+    alarmed = targets.load(tmp_path)
+    alarmed["best"][pairs[2]][1]["alarms"] = ["collapse"]
+    assert targets.choose(alarmed, ["source_only", "best"], "entropy")["chosen"] == "source_only"
+    assert targets.choose(runs, ["source_only", "best", "missing"], "entropy")["chosen"] is None
+    assert targets.main(["--results", str(tmp_path), "--choose", "source_only,best", "--choose-by", "entropy"]) == 0
+    assert "chosen: best" in capsys.readouterr().out
+
     # Four seeds of the recommended setting are not enough, and one pair missing makes nothing judgeable.
     partial = targets.load(tmp_path)
     for pair in pairs:
