@@ -22,6 +22,7 @@ from adapt.model import families as model_families  # not tests/families.py, the
 from adapt.model.loading import load_classifier, resolve_model
 from adapt.predict import main as predict_main
 from adapt.training.run import run
+from adapt.validate import main as validate_main
 
 LABELS = ["negative", "positive"]
 
@@ -186,6 +187,46 @@ def test_explicit_sdpa_on_a_model_without_it_names_the_key_and_the_fix(family, f
     assert "not a local directory" not in message and "Hub" not in message
     assert load_classifier(resolve_model(str(family_model_dir(family))), LABELS, "eager").config._attn_implementation \
         == "eager"
+
+
+def validate_error(argv: list[str], capsys) -> str:
+    assert validate_main(argv) == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family", sorted(NO_SDPA))
+def test_validate_refuses_sdpa_where_the_family_has_none(family, family_model_dir, tiny_recipe, capsys):
+    """The error the load raises (previous test), said by `adapt validate` from the folder's config.json."""
+    model = f"model.name_or_path={family_model_dir(family)}"
+    message = validate_error([str(tiny_recipe), model, "model.attention=sdpa"], capsys)
+    assert "`model.attention` is 'sdpa'" in message and f"(model_type {family!r})" in message
+    assert "`model.attention: auto`" in message and "`eager`" in message
+    for kernel in ("auto", "eager"):
+        assert validate_main([str(tiny_recipe), model, f"model.attention={kernel}"]) == 0
+    capsys.readouterr()
+
+
+def test_validate_accepts_sdpa_where_the_family_has_it(family_model_dir, tiny_recipe):
+    assert validate_main([str(tiny_recipe), f"model.name_or_path={family_model_dir('bert')}",
+                          "model.attention=sdpa"]) == 0
+
+
+def test_validate_checks_attention_of_a_cached_hub_model_and_never_downloads(family_model_dir, tiny_recipe,
+                                                                              tmp_path, monkeypatch, capsys):
+    # A Hub cache laid out as huggingface_hub writes it, holding only config.json of one model.
+    snapshot = tmp_path / "hub" / "models--someone--tiny-deberta" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_bytes((family_model_dir("deberta-v2") / "config.json").read_bytes())
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    message = validate_error([str(tiny_recipe), "model.name_or_path=someone/tiny-deberta", "model.attention=sdpa"],
+                             capsys)
+    assert "(model_type 'deberta-v2')" in message
+    # Not on this machine: the run checks the kernel once the model loads; validate neither fails nor downloads.
+    assert validate_main([str(tiny_recipe), "model.name_or_path=someone/not-cached", "model.attention=sdpa"]) == 0
+    assert sorted(p.name for p in (tmp_path / "hub").iterdir()) == ["models--someone--tiny-deberta"]
 
 
 def test_a_local_folder_that_fails_to_load_shows_the_real_error(family_model_dir, tmp_path):

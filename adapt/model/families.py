@@ -176,8 +176,20 @@ def attention_for(requested: str, model_class: type) -> str:
     if requested == "auto":
         return "sdpa" if supports_sdpa else "eager"
     if requested == "sdpa" and not supports_sdpa:
+        family = getattr(getattr(model_class, "config_class", None), "model_type", "") or "?"
         raise AdaptError(
-            f"`model.attention` is 'sdpa', but transformers has no SDPA attention for {model_class.__name__}; set "
-            "`model.attention: auto` (SDPA where supported, else eager) or `eager`"
+            f"`model.attention` is 'sdpa', but transformers has no SDPA attention for {model_class.__name__} "
+            f"(model_type {family!r}); set `model.attention: auto` (SDPA where supported, else eager) or `eager`"
         )
     return requested
+
+
+def attention_for_config(requested: str, config_class: type, auto_mapping) -> str | None:
+    """`attention_for` the model class `auto_mapping` (e.g. `MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING`) has for
+    `config_class`. An architecture transformers does not map gets no verdict here: None for `auto` (transformers'
+    default), the request itself otherwise, and transformers' own load error names what is unknown."""
+    try:
+        model_class = auto_mapping[config_class]
+    except KeyError:
+        return None if requested == "auto" else requested
+    return attention_for(requested, model_class)

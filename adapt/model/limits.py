@@ -111,10 +111,32 @@ def layers_problem(num_layers: int | None, config: dict, model: str) -> str | No
             f"`model.num_layers` to {total} or less")
 
 
+def attention_problem(requested: str, config: dict) -> str | None:
+    """The error loading the classifier would raise for `model.attention` (`families.attention_for_config`, the
+    same check), from config.json's `model_type` alone. Only an explicit `sdpa` can be refused (`auto` falls back
+    to eager), so torch and transformers are imported only then: a few seconds, against a failed run later."""
+    model_type = config.get("model_type")
+    if requested != "sdpa" or not isinstance(model_type, str):
+        return None
+    from transformers import CONFIG_MAPPING
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+
+    from adapt.model.families import attention_for_config
+
+    if model_type not in CONFIG_MAPPING:  # custom code (trust_remote_code): only loading can tell
+        return None
+    try:
+        attention_for_config(requested, CONFIG_MAPPING[model_type], MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING)
+    except AdaptError as err:
+        return str(err)
+    return None
+
+
 def start_problems(cfg: ModelConfig, max_length: int, label_names: list[str] | None = None) -> list[str]:
     """`model_problems` for the model a run starts from (`cfg` is the recipe's `ModelConfig`): the pretrained
     model, or the finished run `model.init_from` names (a finished run, the same labels when the recipe lists
-    them, `model.name_or_path` not contradicting it); and `model.num_layers` within its layers. No torch."""
+    them, `model.name_or_path` not contradicting it); `model.num_layers` within its layers; and `model.attention`
+    a kernel the model's family has. No torch, unless `model.attention` is `sdpa` (`attention_problem`)."""
     if cfg.init_from is None:
         problems = model_problems(cfg.name_or_path, max_length)
         try:
@@ -122,7 +144,8 @@ def start_problems(cfg: ModelConfig, max_length: int, label_names: list[str] | N
         except AdaptError:
             config = None  # already a problem above
         found = [config and layers_problem(cfg.num_layers, config, cfg.name_or_path),
-                 config and virtual_tokens_problem(cfg, max_length, config, cfg.name_or_path)]
+                 config and virtual_tokens_problem(cfg, max_length, config, cfg.name_or_path),
+                 config and attention_problem(cfg.attention, config)]
         return problems + [p for p in found if p]
     try:
         init = read_init_run(cfg.init_from)
@@ -132,5 +155,6 @@ def start_problems(cfg: ModelConfig, max_length: int, label_names: list[str] | N
     where = f"{init.model_dir} (`model.init_from`)"
     found = [base_problem(init, cfg.name_or_path, ModelConfig().name_or_path),
              label_problem(init, label_names) if label_names is not None else None,
-             max_length_problem(max_length, config, where), layers_problem(cfg.num_layers, config, where)]
+             max_length_problem(max_length, config, where), layers_problem(cfg.num_layers, config, where),
+             attention_problem(cfg.attention, config)]
     return [p for p in found if p]

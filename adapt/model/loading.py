@@ -18,7 +18,7 @@ from transformers.utils import logging as hf_logging
 from adapt.core.errors import AdaptError
 from adapt.hub.ids import looks_like_path
 from adapt.hub.reachability import hub_reachable
-from adapt.model.families import attention_for
+from adapt.model.families import attention_for_config
 from adapt.model.limits import EMBEDDED_NAMES, embedded_model_dir, read_model_config
 
 
@@ -85,14 +85,11 @@ def load_tokenizer(resolved: ResolvedModel):
 def effective_attention(requested: str | None, config, auto_mapping) -> str | None:
     """The attention implementation to pass transformers for `model.attention` = `requested` (`auto`, `sdpa`,
     `eager`; None: transformers' own default), given the model class `auto_mapping` (e.g.
-    `MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING`) has for `config`. See `families.attention_for`."""
+    `MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING`) has for `config`. See `families.attention_for_config`, which
+    `adapt validate` also asks (`families.attention_problem`)."""
     if requested is None:
         return None
-    try:
-        model_class = auto_mapping[type(config)]
-    except KeyError:  # transformers' own load error names the unknown architecture
-        return None if requested == "auto" else requested
-    return attention_for(requested, model_class)
+    return attention_for_config(requested, type(config), auto_mapping)
 
 
 def load_encoder(resolved: ResolvedModel, attention: str = "auto") -> torch.nn.Module:
