@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,17 +19,51 @@ from adapt.evaluate_run import main as evaluate_main
 from adapt.training.run import run
 
 
-def accelerate_launch(args: list[str]) -> subprocess.CompletedProcess:
-    exe = Path(sys.executable).with_name("accelerate")
+def free_port() -> int:
     with socket.socket() as s:  # a free port, so parallel runs do not collide
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    # ACCELERATE_USE_CPU makes --multi_gpu start gloo ranks on a machine without GPUs.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
-    cmd = [str(exe if exe.exists() else "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(port), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        return s.getsockname()[1]
+
+
+def launch_command(port: int, machines: list[str]) -> list[str]:
+    """`accelerate launch` of 2 processes in all; `machines` says over how many machines."""
+    exe = Path(sys.executable).with_name("accelerate")
+    return [str(exe if exe.exists() else "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", *machines,
+            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port)]
+
+
+# ACCELERATE_USE_CPU makes --multi_gpu start gloo ranks on a machine without GPUs.
+LAUNCH_ENV = {"OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+
+
+def accelerate_launch(args: list[str]) -> subprocess.CompletedProcess:
+    cmd = [*launch_command(free_port(), ["--num_machines", "1"]), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **LAUNCH_ENV}, timeout=600)
+
+
+def launch_as_two_machines(args: list[str], logs: Path, timeout: float) -> list[tuple[int, str]]:
+    """Each process under its own launcher, as on two machines: (exit code, stderr) of each. A launcher stops its
+    other processes when one fails, which hides a process left waiting; across machines nothing does, so a process
+    left in a collective waits there until the distributed timeout (30 minutes). On timeout the test fails and the
+    launchers and their processes are killed."""
+    port, procs = free_port(), []
+    for rank in (0, 1):
+        machine = ["--num_machines", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1"]
+        with open(logs / f"machine{rank}.err", "w") as err:  # files, not pipes: a full pipe would block a process
+            procs.append(subprocess.Popen([*launch_command(port, machine), *args], stdout=subprocess.DEVNULL,
+                                          stderr=err, text=True, env={**os.environ, **LAUNCH_ENV},
+                                          start_new_session=True))
+    deadline = time.monotonic() + timeout
+    try:
+        codes = [p.wait(timeout=max(deadline - time.monotonic(), 1)) for p in procs]
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running after {timeout} s:\n" + (logs / "machine1.err").read_text()[-3000:])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+    return [(code, (logs / f"machine{rank}.err").read_text()) for rank, code in enumerate(codes)]
 
 
 def preds(path: Path) -> dict[str, dict]:
@@ -81,6 +117,29 @@ def test_two_process_adaptation_methods(overrides, tiny_recipe, tmp_path):
     if "self_training" in overrides[0]:
         saved = json.loads((out / "pseudo_labels" / "round1.json").read_text())
         assert saved["candidates"] == 40  # every unlabelled row predicted once over both processes
+
+
+def test_a_teacher_that_fails_on_the_main_process_stops_every_process(tiny_model_dir, tiny_recipe, tmp_path):
+    """`distill`'s teachers predict on the main process while the others wait. A teacher whose weights do not load
+    passes the checks before the run starts (they read config.json only) and fails there: the other process must
+    stop too, at once, not wait for the distributed timeout, and say why. Two launchers, as on two machines: one
+    launcher would stop the waiting process itself. (Gloo also notices the main process exit; NCCL waits.)"""
+    from transformers import AutoModelForSequenceClassification
+
+    teacher = tmp_path / "teacher"
+    labels = {0: "negative", 1: "positive"}
+    AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, id2label=labels).save_pretrained(teacher)
+    (teacher / "model.safetensors").write_bytes(b"not a safetensors file")
+    out = tmp_path / "ddp"
+    args = ["-m", "adapt.train", str(tiny_recipe), f"output_dir={out}", "method.name=distill",
+            f"method.distill.teachers=[{teacher}]", "method.distill.texts=[target]"]
+    (main_code, main_err), (other_code, other_err) = launch_as_two_machines(args, tmp_path, timeout=180)
+    assert main_code != 0 and "SafetensorError" in main_err, main_err[-3000:]  # the main process's own error
+    assert other_code != 0 and "exitcode  : 2" in other_err, other_err[-3000:]  # a user error, not a crash
+    expected = ("error: the main process failed while computing the teachers' probabilities "
+                "(`method.distill.teachers`): SafetensorError: Error while deserializing header")
+    assert expected in other_err and "process 0's output" in other_err, other_err[-3000:]
+    assert not (out / "teacher").exists()
 
 
 def test_launched_processes_that_do_not_form_one_run_are_refused(monkeypatch):

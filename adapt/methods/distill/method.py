@@ -24,6 +24,7 @@ from adapt.core.errors import AdaptError
 from adapt.core.fileio import atomic_write_json, read_jsonl, replace_dir
 from adapt.data.features import MODEL_INPUTS
 from adapt.methods.base import BaseMethod, LossOutput, MethodContext, Phase, StepInfo
+from adapt.methods.main_process import on_main_process
 from adapt.methods.source_only.method import labeled_training_data
 from adapt.model.finetune import count_parameters
 from adapt.model.heads import classifier_of, concat_batches
@@ -249,9 +250,9 @@ class _Streams:
     def __call__(self, loop) -> dict[str, Dataset]:
         ctx, acc, state = self.ctx, loop.accelerator, loop.state
         fresh = state.step == 0 and state.epoch == 0 and state.batches_in_epoch == 0  # a resumed run has stepped
-        if fresh and acc.is_main_process:
-            write_teacher_file(ctx, self.parts, acc.device)  # replaces a folder a killed earlier run left behind
-        acc.wait_for_everyone()
+        # A fresh start writes the file (replacing a folder a killed earlier run left behind); a resumed one has it.
+        write = (lambda: write_teacher_file(ctx, self.parts, acc.device)) if fresh else (lambda: None)
+        on_main_process(acc, write, "computing the teachers' probabilities (`method.distill.teachers`)")
         tensors, info = read_teacher_file(ctx.run.root)
         data = distill_data(ctx, self.parts)
         if tensors["distill"].shape[0] != len(data) or info["texts"] != self.parts:

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from adapt.core.errors import AdaptError
 from adapt.core.fileio import atomic_write_json
 from adapt.methods.base import BaseMethod, LossOutput, MethodContext, Phase, StepInfo
+from adapt.methods.main_process import on_main_process
 from adapt.methods.mlm.head import HeadSpec, build_mlm_head, mask_tokens, rebuild_for
 from adapt.methods.source_only.method import labeled_training_data, supervised_phase
 from adapt.model.heads import AdaptModel, classifier_of, concat_batches
@@ -104,7 +105,8 @@ def _compatibility(recipe: Recipe) -> dict:
 def save_mlm_phase(ctx, recipe: Recipe, streams: list[str]) -> None:
     """Write the encoder and MLM head after the MLM phase (main process), for `method.mlm.checkpoint`."""
     acc = ctx.accelerator
-    if acc.is_main_process:
+
+    def write() -> None:
         net = acc.unwrap_model(ctx.model)
         out = ctx.run.root / "mlm"
         out.mkdir(parents=True, exist_ok=True)
@@ -116,7 +118,8 @@ def save_mlm_phase(ctx, recipe: Recipe, streams: list[str]) -> None:
                 "steps": ctx.state.step, "method": recipe.method.name,
                 "head": dataclasses.asdict(net.heads["mlm"].spec)}
         atomic_write_json(out / "mlm.json", info)
-    acc.wait_for_everyone()
+
+    on_main_process(acc, write, "saving the MLM phase (`<run>/mlm/`)")
 
 
 def legacy_spec(config) -> HeadSpec:

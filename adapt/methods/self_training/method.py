@@ -21,6 +21,7 @@ from adapt.core.fileio import atomic_write_json
 from adapt.data.features import classifier_inputs
 from adapt.evaluation.scoring import predict_logits
 from adapt.methods.base import BaseMethod, LossOutput, MethodContext, Phase, StepInfo
+from adapt.methods.main_process import on_main_process
 from adapt.methods.self_training.teacher import EMA_HEAD, EmaTeacher, ddp_ignored_buffers, update_teacher
 from adapt.methods.source_only.method import labeled_training_data, supervised_loss
 from adapt.model.heads import classifier_of, concat_batches
@@ -206,12 +207,14 @@ class _Round:
         fraction = curriculum_fraction(self.round, cfg.rounds, cfg.curriculum_max) if cfg.curriculum else None
         keep, labels, stats = select_pseudo_labels(probs, None if cfg.curriculum else cfg.threshold, cfg.max_per_class,
                                                    fraction)
-        if acc.is_main_process:
+
+        def write() -> None:
             atomic_write_json(path, {"round": self.round, **self._settings(fraction), **stats, "rows": keep.tolist(),
                                      "labels": labels.tolist(), "probs": probs[keep].tolist()})
             loop.run.append_log({"phase": loop.state.phase, "global_step": loop.state.global_step,
                                  "pseudo_labels": stats["kept"], "pseudo_labels_per_class": stats["kept_per_class"]})
-        acc.wait_for_everyone()
+
+        on_main_process(acc, write, "writing the round's pseudo-labels")
 
     def _settings(self, fraction: float | None) -> dict:
         """How this round chose and trains on its pseudo-labels, for the report."""
