@@ -128,9 +128,12 @@ def student_bars(runs: dict, student: str, half: str | None) -> list[dict]:
         ok = gap >= -0.5 if name == student else None
         verdict = UNMEASURED if not complete else ("reported" if ok is None else MET if ok else NOT_MET)
         params = recs[0]["method_summary"]["student"]["params_total"] / recs[0]["method_summary"]["teacher"]["params_total"]
+        timed = [r["method_summary"] for r in recs if "inference" in r["method_summary"]["student"]]
+        faster = (f"; {np.mean([m['student']['inference']['texts_per_second'] / m['teacher']['inference']['texts_per_second'] for m in timed]):.2f}× "
+                  f"the teacher's texts/s (mean over {len(timed)} runs, timed side by side in each)") if timed else ""
         out.append(bar(f"student {name} vs teacher", needed,
                        f"student {s_mean:.2f}, teacher {t_mean:.2f}: {gap:+.2f} points over {len(recs)} runs on "
-                       f"{len(pairs)} of 12 pairs; {100 * params:.0f}% of the teacher's parameters",
+                       f"{len(pairs)} of 12 pairs; {100 * params:.0f}% of the teacher's parameters{faster}",
                        verdict, gap_points=gap))
     return out
 

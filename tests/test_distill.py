@@ -171,8 +171,12 @@ def test_distilled_student_learns_the_teacher(teacher, tiny_recipe, tiny_data, t
     assert set(t["accuracy"]) == {"source_test", "target_test"}
     assert s["accuracy"]["target_test"] == pytest.approx(report["splits"]["target_test"]["accuracy"])
     assert t["inference"]["texts"] == n_target + n_source and t["inference"]["texts_per_second"] > 0
+    # The student is timed as the teacher was: the same texts, batch size and device, side by side in the report.
+    assert {k: s["inference"][k] for k in ("texts", "batch_size", "device")} == \
+        {k: t["inference"][k] for k in ("texts", "batch_size", "device")}
+    assert s["inference"]["texts_per_second"] > 0
     text = (out / "report.md").read_text()
-    assert "| parameters |" in text and "target_test accuracy" in text and "inference (texts/s)" in text
+    assert "| parameters |" in text and "target_test accuracy" in text and "× the teacher) |" in text
 
     # What the teacher knows about the target reaches the student through the unlabelled target texts alone: a
     # source-only student trained the same way agrees with it (and the target labels) less.

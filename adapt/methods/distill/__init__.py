@@ -76,6 +76,18 @@ def _acc(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}"
 
 
+def _speed_lines(teacher: dict, student: dict | None) -> list[str]:
+    """Both timed on the same distillation texts, batch size and device (an ensemble: its members in turn)."""
+    if not teacher:
+        return []
+    fmt = (lambda x: f"{x['texts_per_second']:.1f}")
+    where = f"{teacher.get('texts')} texts, batch {teacher.get('batch_size')}, {teacher.get('device')}"
+    if not student:
+        return [f"| inference (texts/s; {where}) | {fmt(teacher)} | – |"]
+    ratio = student["texts_per_second"] / max(teacher["texts_per_second"], 1e-9)
+    return [f"| inference (texts/s; {where}) | {fmt(teacher)} | {fmt(student)} ({ratio:.2f}× the teacher) |"]
+
+
 def report_lines(summary: dict) -> list[str]:
     """Teacher(s) and student side by side: size, test accuracy, inference speed; then what the teachers were."""
     t, s = summary.get("teacher"), summary.get("student")
@@ -92,9 +104,7 @@ def report_lines(summary: dict) -> list[str]:
               for name in splits]
     if s.get("agreement_target_test") is not None:
         lines.append(f"| agreement with the teacher on target_test | | {_acc(s['agreement_target_test'])} |")
-    speed = t.get("inference", {})
-    lines.append(f"| inference (texts/s) | {speed.get('texts_per_second', 0):.1f} ({speed.get('texts')} texts, batch "
-                 f"{speed.get('batch_size')}, {speed.get('device')}) | see training/evaluation timing |")
+    lines += _speed_lines(t.get("inference", {}), s.get("inference"))
     lines.append("")
     for m in t["members"]:
         lines.append(f"- teacher `{m['teacher']}`: {m['model_dir']} ({m['params_total']:,} parameters, "

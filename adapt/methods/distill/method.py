@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate import PartialState
 from datasets import Dataset, concatenate_datasets
 from safetensors.torch import load_file, save_file
 
@@ -143,6 +144,20 @@ def predict_member(given: str, model_dir: Path, texts: dict[str, list[str]], bat
                    device: torch.device) -> tuple[dict[str, np.ndarray], dict]:
     """One teacher's probabilities (temperature 1) for each named list of texts, and its record; the distillation
     texts (`distill`) are timed for the report's throughput."""
+    loaded, model, probs, seconds = predict_timed(model_dir, texts, batch_size, device)
+    cfg = loaded.data_cfg
+    files = weight_files(model_dir)
+    record = {"teacher": given, "model_dir": str(model_dir), "labels": loaded.label_names,
+              "params_total": count_parameters(model)[0], "weights_bytes": sum(f.stat().st_size for f in files),
+              "weights_sha256": _sha256(files), "max_length": cfg.max_length, "truncation": cfg.truncation,
+              "normalize": cfg.normalize, "inference": speed(len(texts["distill"]), batch_size, seconds, device)}
+    del model, loaded
+    return probs, record
+
+
+def predict_timed(model_dir: Path, texts: dict[str, list[str]], batch_size: int, device: torch.device):
+    """A saved classifier loaded for inference (its own tokenizer and settings) and its probabilities for each named
+    list of texts: (loaded, model on `device`, probabilities, seconds the `distill` texts took)."""
     from adapt.serving.inference import load_for_inference, predict_texts
 
     loaded = load_for_inference(model_dir)
@@ -155,15 +170,12 @@ def predict_member(given: str, model_dir: Path, texts: dict[str, list[str]], bat
                                     cfg.normalize)
         if name == "distill":
             seconds = time.perf_counter() - start
-    files = weight_files(model_dir)
-    record = {"teacher": given, "model_dir": str(model_dir), "labels": loaded.label_names,
-              "params_total": count_parameters(model)[0], "weights_bytes": sum(f.stat().st_size for f in files),
-              "weights_sha256": _sha256(files), "max_length": cfg.max_length, "truncation": cfg.truncation,
-              "normalize": cfg.normalize,
-              "inference": {"texts": len(texts["distill"]), "batch_size": batch_size, "seconds": round(seconds, 3),
-                            "texts_per_second": len(texts["distill"]) / max(seconds, 1e-9), "device": str(device)}}
-    del model, loaded
-    return probs, record
+    return loaded, model, probs, seconds
+
+
+def speed(texts: int, batch_size: int, seconds: float, device: torch.device) -> dict:
+    return {"texts": texts, "batch_size": batch_size, "seconds": round(seconds, 3),
+            "texts_per_second": texts / max(seconds, 1e-9), "device": str(device)}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -301,8 +313,12 @@ class Distill(BaseMethod):
         teacher = {"members": members, "params_total": sum(m["params_total"] for m in members),
                    "weights_bytes": sum(m["weights_bytes"] for m in members), "accuracy": info["accuracy"],
                    "inference": _ensemble_speed(members)}
+        student = _student(ctx, tensors)
+        speed = _student_speed(ctx, info)
+        if speed is not None:
+            student["inference"] = speed
         return {"temperature": cfg.temperature, "alpha": cfg.alpha, "rows": info["rows"], "teacher": teacher,
-                "student": _student(ctx, tensors), "teacher_seconds": info["seconds"]}
+                "student": student, "teacher_seconds": info["seconds"]}
 
 
 def _ensemble_speed(members: list[dict]) -> dict:
@@ -310,6 +326,19 @@ def _ensemble_speed(members: list[dict]) -> dict:
     first = members[0]["inference"]
     seconds = sum(m["inference"]["seconds"] for m in members)
     return {**first, "seconds": round(seconds, 3), "texts_per_second": first["texts"] / max(seconds, 1e-9)}
+
+
+def _student_speed(ctx: MethodContext, info: dict) -> dict | None:
+    """The saved student timed exactly as each teacher was (`predict_member`: the same distillation texts, batch
+    size, device and prediction function), so the report's two texts/s figures compare. Main process only; None
+    on the others, or when the run saved no model."""
+    if not ctx.run.model.is_dir() or not PartialState().is_main_process:
+        return None
+    texts, _ = _texts(ctx, info["texts"])
+    device = next(classifier_of(ctx.model).parameters()).device
+    batch_size = info["teachers"][0]["inference"]["batch_size"]
+    *_, seconds = predict_timed(ctx.run.model, {"distill": texts["distill"]}, batch_size, device)
+    return speed(len(texts["distill"]), batch_size, seconds, device)
 
 
 def _student(ctx: MethodContext, teacher: dict[str, torch.Tensor]) -> dict:
