@@ -314,9 +314,9 @@ class Distill(BaseMethod):
                    "weights_bytes": sum(m["weights_bytes"] for m in members), "accuracy": info["accuracy"],
                    "inference": _ensemble_speed(members)}
         student = _student(ctx, tensors)
-        speed = _student_speed(ctx, info)
-        if speed is not None:
-            student["inference"] = speed
+        timed = _student_speed(ctx, info)
+        if timed is not None:
+            student["inference"] = timed
         return {"temperature": cfg.temperature, "alpha": cfg.alpha, "rows": info["rows"], "teacher": teacher,
                 "student": student, "teacher_seconds": info["seconds"]}
 
@@ -324,8 +324,8 @@ class Distill(BaseMethod):
 def _ensemble_speed(members: list[dict]) -> dict:
     """The ensemble predicts with every member in turn: its texts/s from the members' summed time."""
     first = members[0]["inference"]
-    seconds = sum(m["inference"]["seconds"] for m in members)
-    return {**first, "seconds": round(seconds, 3), "texts_per_second": first["texts"] / max(seconds, 1e-9)}
+    return {**first, **speed(first["texts"], first["batch_size"], sum(m["inference"]["seconds"] for m in members),
+                             first["device"])}
 
 
 def _student_speed(ctx: MethodContext, info: dict) -> dict | None:
