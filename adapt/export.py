@@ -65,6 +65,9 @@ def make_parser(prog: str = "python -m adapt.export") -> argparse.ArgumentParser
     return p
 
 
+ADAPTER_NAMES = {"lora": "LoRA", "dora": "DoRA", "ia3": "IA3", "adalora": "AdaLoRA"}
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
@@ -73,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
     info = export(args.run_dir, args.out, args.int8, args.onnx)
     kind = ("ONNX " if info["onnx"] else "") + ("int8" if info["int8"] else "fp32")
-    kind += ", LoRA merged" if info["lora_merged"] else ""
+    kind += f", {ADAPTER_NAMES.get(info['adapter_merged'], info['adapter_merged'])} merged" if info["adapter_merged"] else ""
     print(f"exported {info['source']} to {args.out} ({kind}): {info['parameters']:,} parameters, "
           f"weights {info['weights_bytes'] / 2**20:.1f} MiB")
     return 0

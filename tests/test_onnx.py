@@ -135,7 +135,7 @@ def test_lora_run_exports_merged(tiny_model_dir, tiny_data, rows, tmp_path_facto
     run = train_tiny(tmp_path_factory.mktemp("lora"), tiny_model_dir, tiny_data,
                      ["model.finetune=lora", "train.epochs=20", "train.lr=1e-2"])
     out = exported(run, tmp_path / "onnx")
-    assert info_of(out)["lora_merged"] is True
+    assert info_of(out)["adapter_merged"] == "lora"
     assert_matches_run(predict_file(out, write_jsonl(tmp_path / "in.jsonl", rows), tmp_path), run, rows, tol=1e-4)
 
 

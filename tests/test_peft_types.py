@@ -202,7 +202,8 @@ def test_export_merges_a_weight_adapter_into_a_plain_model(tiny_recipe, tiny_dat
     rows = read_jsonl(tiny_data["target_test"])
     out, exported = tmp_path / "run", tmp_path / "export"
     train(tiny_recipe, out, peft_type)
-    assert export(out, exported)["lora_merged"] is True and not (exported / "adapter_config.json").exists()
+    info = export(out, exported)
+    assert info["adapter_merged"] == peft_type and info["lora_merged"] is True and not (exported / "adapter_config.json").exists()
     plain = AutoModelForSequenceClassification.from_pretrained(exported)
     assert not any(part in n for n, _ in plain.named_parameters() for part in ADAPTER_PARAMETERS[peft_type])
     assert np.abs(model_probs(plain, exported, [r["text"] for r in rows]) - run_probs(out, rows)).max() < 1e-5

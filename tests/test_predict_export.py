@@ -179,7 +179,7 @@ def test_fp32_export_is_a_plain_transformers_model(full_run, test_rows, tmp_path
     model = AutoModelForSequenceClassification.from_pretrained(out)
     assert model.config.id2label == dict(enumerate(LABELS))
     assert AutoTokenizer.from_pretrained(out)("sturdy pan")["input_ids"].count(1) == 0  # 1 = [UNK]
-    assert info["int8"] is False and info["lora_merged"] is False
+    assert info["int8"] is False and info["adapter_merged"] is None and info["lora_merged"] is False
     assert info["source"] == str(full_run.resolve())
     assert info["parameters"] == sum(p.numel() for p in model.parameters())
     assert info["weights_bytes"] == (out / "model.safetensors").stat().st_size
@@ -199,7 +199,7 @@ def test_lora_run_predicts_and_its_merged_export_agrees(lora_run, test_rows, tmp
 
     out = tmp_path / "merged"
     assert export_main([str(lora_run), "--out", str(out)]) == 0
-    assert not (out / "adapter_config.json").exists() and export_info(out)["lora_merged"] is True
+    assert not (out / "adapter_config.json").exists() and export_info(out)["adapter_merged"] == "lora"
     plain = AutoModelForSequenceClassification.from_pretrained(out)
     assert not any("lora" in n for n, _ in plain.named_parameters())
     merged_out = predict_file(out, path, tmp_path)

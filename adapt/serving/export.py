@@ -31,9 +31,9 @@ def check_out_dir(out: Path) -> None:
         raise AdaptError(f"--out {out} exists and is not empty; choose a new directory (nothing was overwritten)")
 
 
-def plain_model(model_dir: Path) -> tuple[torch.nn.Module, bool]:
-    """The run's model as a plain transformers model; adapters (LoRA, DoRA, IA3, AdaLoRA) merged into the base
-    weights. Prompt-type adapters cannot be merged: an error says so."""
+def plain_model(model_dir: Path) -> tuple[torch.nn.Module, str | None]:
+    """The run's model as a plain transformers model, and the type of the adapter merged into its base weights
+    (`lora`, `dora`, `ia3`, `adalora`; None without one). Prompt-type adapters cannot be merged: an error says so."""
     from peft import PeftModel
 
     model = load_model(model_dir)
@@ -45,8 +45,9 @@ def plain_model(model_dir: Path) -> tuple[torch.nn.Module, bool]:
                 "input and cannot be merged into the weights, so it has no plain transformers export; serve the run "
                 f"with `adapt predict {model_dir.parent if model_dir.name == 'model' else model_dir} ...` (the torch "
                 "path loads the adapter on its base model), or train a lora, dora, ia3 or adalora adapter")
-        return model.merge_and_unload().eval(), True
-    return model.eval(), False
+        kind = "dora" if getattr(config, "use_dora", False) else config.peft_type.value.lower()
+        return model.merge_and_unload().eval(), kind
+    return model.eval(), None
 
 
 def _save_fp32(model: torch.nn.Module, out: Path) -> list[str]:
@@ -93,7 +94,8 @@ def export(source: Path, out: Path, int8: bool = False, onnx: bool = False) -> d
         "format_version": 1,
         "source": str(Path(run.root if run is not None else model_dir).resolve()),
         "source_model": str(model_dir.resolve()),
-        "lora_merged": merged,
+        "adapter_merged": merged,  # the adapter type merged into the weights, or None
+        "lora_merged": merged is not None,  # format 1's name for "an adapter was merged", kept for its readers
         "int8": int8,
         "onnx": onnx,
         "parameters": sum(p.numel() for p in model.parameters()),
