@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import stop_at
+from safetensors.torch import load_file
 
 from adapt import load_recipe
 from adapt.core.errors import RunInterrupted
@@ -110,3 +112,29 @@ def test_resuming_with_a_different_recipe_is_refused(tiny_recipe, tmp_path, monk
     # Changing only how long it runs is a continuation, not another experiment.
     report = run(load_recipe(tiny_recipe, [*BASE, f"output_dir={out}", "train.max_steps=10"]))
     assert report["training"]["optimizer_steps"] == 10
+
+
+# Pruned to rank 0, the query adapters are saved as (0, 32) tensors, which peft flags as possibly unsharded.
+@pytest.mark.filterwarnings("ignore:Adapter 'default'.*invalid shape:UserWarning")
+def test_resumed_adalora_run_allocates_the_same_ranks(tiny_recipe, tmp_path, monkeypatch):
+    """AdaLoRA's rank allocator keeps importance estimates across steps and its latest allocation; both are in the
+    checkpoint, so stopping during pruning and again after the final allocation changes no rank and no weight."""
+    # 9 steps (one epoch, so no evaluation before the end picks earlier weights), peft counting from 0: warm-up at
+    # steps 0-1, pruning from 8 ranks per weight towards 2 at steps 2-6, the final allocation at step 7
+    # (total_step - tfinal), the pruned ranks masked at step 8. The stops count the steps done. (Without the
+    # estimates a resumed run prunes other ranks here; without the allocation, step 8 has no ranks to mask.)
+    overrides = ["model.finetune=peft", "model.peft.type=adalora", "model.peft.init_r=8", "model.peft.target_r=2",
+                 "model.peft.tinit=1", "model.peft.tfinal=2", "train.max_steps=9"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    run(load_recipe(tiny_recipe, [*overrides, f"output_dir={full}"]))
+    for step in (4, 8):  # after two pruning steps; after the final allocation
+        with stop_at(monkeypatch, step), pytest.raises(RunInterrupted, match=f"interrupted at step {step}"):
+            run(load_recipe(tiny_recipe, [*overrides, f"output_dir={part}"]))
+    run(load_recipe(tiny_recipe, [*overrides, f"output_dir={part}"]))
+
+    ranks = [json.loads((d / "model" / "adapter_config.json").read_text())["rank_pattern"] for d in (full, part)]
+    assert ranks[0] == ranks[1]
+    assert sum(map(sum, ranks[0].values())) < 4 * 8  # pruned: query and value of 2 layers had 8 ranks each
+    a, b = (load_file(str(d / "model" / "adapter_model.safetensors")) for d in (full, part))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert losses(full) == losses(part)

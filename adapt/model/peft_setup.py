@@ -1,6 +1,6 @@
 """PEFT adapters through peft's own configs (`model.finetune: lora` with `model.lora`, or `model.finetune: peft`
 with `model.peft`): the config of each type, its default target modules, what trains, and the call after every
-optimizer step that AdaLoRA's rank allocation needs.
+optimizer step that AdaLoRA's rank allocation needs, and the state it keeps between steps (for checkpoints).
 
 The classifier head trains with every type: it is new, and peft saves it beside the adapter (`modules_to_save`)."""
 
@@ -125,3 +125,55 @@ def per_step_calls(model: torch.nn.Module) -> list[Callable[[int], None]]:
     ranks). Other types ask for nothing."""
     # peft's AdaLoraModel (the model under the PeftModel) is the module that has it.
     return [m.update_and_allocate for m in model.modules() if hasattr(type(m), "update_and_allocate")]
+
+
+def checkpointed_state(model: torch.nn.Module) -> dict[str, AdaLoraAllocatorState]:
+    """The state, by name, that the per-step calls keep outside the model's parameters and that checkpoints must
+    hold for a resumed run to continue exactly (`adapt.training.checkpoint.ExtraState`): AdaLoRA's rank allocator.
+    Other types keep none."""
+    # Only a trainable AdaLoraModel has a rank allocator; a PeftModel holds at most one (its base model).
+    adalora = next((m for m in model.modules() if hasattr(m, "rankallocator")), None)
+    return {} if adalora is None else {"adalora_rank_allocator": AdaLoraAllocatorState(adalora)}
+
+
+class AdaLoraAllocatorState:
+    """AdaLoRA's rank allocation between steps: peft's `RankAllocator` keeps, per adapter weight, its latest
+    importance (`ipt`) and smoothed importance and uncertainty (`exp_avg_ipt`, `exp_avg_unc`), which decide the
+    ranks pruned at each allocation; the adapter's config keeps the latest allocation (`rank_pattern`), which masks
+    the pruned ranks after `total_step - tfinal` and sizes the saved adapter. Everything else the allocator holds
+    (budgets, names) comes from the config and the model. Started afresh, a resumed run would prune other ranks.
+
+    Under DDP the state is the same on every process: it is computed from the weights and the gradients after their
+    all-reduce, both identical on all processes, so the checkpoint's copy (the main process's) fits all of them."""
+
+    IMPORTANCE = ("ipt", "exp_avg_ipt", "exp_avg_unc")
+
+    def __init__(self, adalora: torch.nn.Module):
+        self.adalora = adalora
+
+    def _config(self) -> object:
+        return self.adalora.peft_config[self.adalora.trainable_adapter_name]
+
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
+        allocator = self.adalora.rankallocator
+        tensors = {f"{kind}/{name}": t.detach().cpu().contiguous()
+                   for kind in self.IMPORTANCE for name, t in getattr(allocator, kind).items()}
+        return tensors, {"rank_pattern": self._config().rank_pattern}
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], rest: dict) -> None:
+        """Raises ValueError, before changing anything, when the state does not fit this model's adapter."""
+        params = dict(self.adalora.model.named_parameters())  # the names the allocator keys its estimates by
+        estimates: dict[str, dict[str, torch.Tensor]] = {kind: {} for kind in self.IMPORTANCE}
+        for key, t in tensors.items():
+            kind, _, name = key.partition("/")
+            if kind not in estimates or name not in params or t.shape != params[name].shape:
+                raise ValueError(f"AdaLoRA's saved importance `{key}` {tuple(t.shape)} is not of an adapter weight "
+                                 "of this model")
+            estimates[kind][name] = t.to(params[name].device)
+        pattern = rest.get("rank_pattern")
+        if pattern is not None and not (isinstance(pattern, dict) and all(
+                isinstance(mask, list) and all(isinstance(b, bool) for b in mask) for mask in pattern.values())):
+            raise ValueError("AdaLoRA's saved `rank_pattern` is not a mapping of weight names to lists of booleans")
+        for kind, values in estimates.items():
+            setattr(self.adalora.rankallocator, kind, values)
+        self._config().rank_pattern = pattern

@@ -128,8 +128,9 @@ class PeftSection:
     total_step: int | None = option(
         None, "`adalora`: the optimizer steps the rank schedule spans (over all phases); null: `train.max_steps`, "
               "which must then be set. Ranks are allocated after every optimizer step from the gradients; the "
-              "importance estimates are not in checkpoints (a resumed run starts them afresh), and peft's orthogonal "
-              "regulariser is not added (adapt's losses come from the logits, not from peft's `loss` output).",
+              "importance estimates and the current allocation are in checkpoints (a resumed run allocates the same "
+              "ranks), and peft's orthogonal regulariser is not added (adapt's losses come from the logits, not from "
+              "peft's `loss` output).",
     )
     num_virtual_tokens: int = option(20, "`prompt_tuning`/`p_tuning`: trained virtual tokens put before the input.")
     prompt_init_text: str | None = option(

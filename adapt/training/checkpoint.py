@@ -12,6 +12,9 @@ A checkpoint is `<run>/checkpoints/step-<N>/`, complete or absent (built as `.tm
   rng/rank<k>.safetensors  process k's torch generator states: the CPU one and its accelerator device's
   rng/rank<k>.json         process k's python `random` and numpy global states
   best.safetensors         the trainable parameters at the running phase's best evaluation (once it has one)
+  extra/<name>.safetensors state the model keeps outside its parameters (`ExtraState`, e.g. AdaLoRA's importance
+                           estimates): its tensors (main process only: it is the same on every process)
+  extra/<name>.json        its other values (AdaLoRA's current rank allocation)
   run_files/<dir>/         the method's own folders of the run directory as they were (`pseudo_labels/`, `mlm/`)
 
 Only JSON and safetensors are read back (`torch.load` and pickle never are, since unpickling a crafted file runs
@@ -29,8 +32,9 @@ import random
 import re
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -54,6 +58,20 @@ def _rng_files(rank: int) -> tuple[str, str]:
     return f"rng/rank{rank}.safetensors", f"rng/rank{rank}.json"
 
 
+def _extra_files(name: str) -> tuple[str, str]:
+    return f"extra/{name}.safetensors", f"extra/{name}.json"
+
+
+class ExtraState(Protocol):
+    """State that decides later steps but is neither a parameter nor the optimizer's, e.g. AdaLoRA's importance
+    estimates (`adapt.model.peft_setup.checkpointed_state`): tensors (saved as safetensors) and JSON values. It must
+    be the same on every process: only the main process's is written, and every process loads it."""
+
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]: ...
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], rest: dict) -> None: ...
+
+
 @dataclass
 class Contents:
     """What a checkpoint holds, as the loop hands it over."""
@@ -65,6 +83,7 @@ class Contents:
     best: Path | None  # the current phase's best weights, once it has them
     run_files: list[Path]  # the method's folders in the run directory (those that exist are copied)
     train_log: Path
+    extra: dict[str, ExtraState] = field(default_factory=dict)  # by name, a file name: [a-z0-9_]+
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -134,6 +153,7 @@ def _write_shared(tmp: Path, acc: Accelerator, contents: Contents) -> None:
         shutil.rmtree(stale, ignore_errors=True)
     (tmp / "rng").mkdir(parents=True)
     _write_training_objects(tmp, acc, contents)
+    _write_extra(tmp, contents.extra)
     _write_json(tmp / TRAIN_STATE, contents.train_state)
     if contents.best is not None:
         _link_or_copy(contents.best, tmp / BEST)
@@ -143,7 +163,7 @@ def _write_shared(tmp: Path, acc: Accelerator, contents: Contents) -> None:
     log_bytes = contents.train_log.stat().st_size if contents.train_log.exists() else 0
     _write_json(tmp / MANIFEST, {"format": FORMAT, "num_processes": acc.num_processes, "train_log_bytes": log_bytes,
                                  "best": contents.best is not None, "scaler": acc.scaler is not None,
-                                 "run_files": [d.name for d in kept]})
+                                 "run_files": [d.name for d in kept], "extra": sorted(contents.extra)})
 
 
 def _write_training_objects(tmp: Path, acc: Accelerator, contents: Contents) -> None:
@@ -156,6 +176,14 @@ def _write_training_objects(tmp: Path, acc: Accelerator, contents: Contents) -> 
     _write_json(tmp / SCHEDULER, contents.scheduler.state_dict())
     if acc.scaler is not None:
         _write_json(tmp / SCALER, acc.scaler.state_dict())
+
+
+def _write_extra(tmp: Path, extra: dict[str, ExtraState]) -> None:
+    for name, state in extra.items():
+        tensors, rest = state.state_dict()
+        (tmp / "extra").mkdir(exist_ok=True)
+        save_file(tensors, str(tmp / _extra_files(name)[0]))
+        _write_json(tmp / _extra_files(name)[1], rest)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -230,6 +258,7 @@ class Checkpoint:
     scheduler: dict
     scaler: dict | None
     rng: dict
+    extra: dict[str, object]  # the JSON part of each extra state, by name
 
 
 def _refuse(path: Path, name: str, problem: str) -> AdaptError:
@@ -261,7 +290,10 @@ def _read_manifest(path: Path, num_processes: int) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise _refuse(path, MANIFEST, f"is not format {FORMAT}")
     log_bytes, flags = manifest.get("train_log_bytes"), (manifest.get("best"), manifest.get("scaler"))
-    if not (isinstance(log_bytes, int) and log_bytes >= 0 and all(isinstance(f, bool) for f in flags)):
+    extra = manifest.setdefault("extra", [])  # absent from checkpoints of an adapt that saved none
+    # The names become file names: nothing that could lead outside the checkpoint.
+    names_ok = isinstance(extra, list) and all(isinstance(n, str) and re.fullmatch("[a-z0-9_]+", n) for n in extra)
+    if not (isinstance(log_bytes, int) and log_bytes >= 0 and all(isinstance(f, bool) for f in flags) and names_ok):
         raise _refuse(path, MANIFEST, "has invalid fields")
     if manifest.get("num_processes") != num_processes:
         raise AdaptError(f"checkpoint {path} was written by {manifest.get('num_processes')} processes, this run has "
@@ -282,12 +314,14 @@ def _check_run_files(path: Path) -> None:
 
 def _open(path: Path, rank: int, num_processes: int) -> Checkpoint:
     manifest = _read_manifest(path, num_processes)
-    for name in (MODEL, OPTIMIZER_TENSORS, _rng_files(rank)[0], *([BEST] if manifest.get("best") else [])):
+    extra = manifest["extra"]
+    for name in (MODEL, OPTIMIZER_TENSORS, _rng_files(rank)[0], *([BEST] if manifest.get("best") else []),
+                 *(_extra_files(n)[0] for n in extra)):
         _check_safetensors(path, name)
     _check_run_files(path)
     return Checkpoint(path, manifest, _read_json(path, TRAIN_STATE), _read_json(path, OPTIMIZER_JSON),
                       _read_json(path, SCHEDULER), _read_json(path, SCALER) if manifest.get("scaler") else None,
-                      _read_json(path, _rng_files(rank)[1]))
+                      _read_json(path, _rng_files(rank)[1]), {n: _read_json(path, _extra_files(n)[1]) for n in extra})
 
 
 def open_checkpoint(acc: Accelerator, path: Path) -> Checkpoint:
@@ -376,10 +410,26 @@ def _restore_rng(ckpt: Checkpoint, rank: int, device: torch.device) -> None:
         getattr(torch, device.type).set_rng_state(tensors["device"], device)
 
 
+def _restore_extra(ckpt: Checkpoint, extra: dict[str, ExtraState]) -> None:
+    missing, unknown = sorted(set(extra) - set(ckpt.extra)), sorted(set(ckpt.extra) - set(extra))
+    if missing:
+        raise ValueError(f"it has no {', '.join(missing)} state (an older adapt did not save it), without which the "
+                         "run would not continue as it would have; start it afresh (`train.resume=never` in a new "
+                         "`output_dir`)")
+    if unknown:
+        raise ValueError(f"it has {', '.join(unknown)} state, which this run's model does not keep")
+    for name, state in extra.items():
+        rest = ckpt.extra[name]
+        if not isinstance(rest, dict):
+            raise ValueError(f"{_extra_files(name)[1]} is not a JSON object")
+        state.load_state_dict(load_file(str(ckpt.path / _extra_files(name)[0])), rest)
+
+
 def load_training_state(acc: Accelerator, ckpt: Checkpoint, model: torch.nn.Module,
-                        optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
-    """Model, optimizer, schedule, loss scaler and random states from `ckpt` (on every process). The random states
-    go last: nothing after them may draw before training continues."""
+                        optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+                        extra: dict[str, ExtraState]) -> None:
+    """Model, optimizer, schedule, loss scaler, the model's extra state and random states from `ckpt` (on every
+    process). The random states go last: nothing after them may draw before training continues."""
     error = None
     try:
         load_model(model, str(ckpt.path / MODEL), strict=True)  # read on the CPU, copied into the parameters
@@ -387,6 +437,7 @@ def load_training_state(acc: Accelerator, ckpt: Checkpoint, model: torch.nn.Modu
         scheduler.load_state_dict(_scheduler_state(ckpt, scheduler))
         if acc.scaler is not None and ckpt.scaler is not None:
             acc.scaler.load_state_dict(ckpt.scaler)
+        _restore_extra(ckpt, extra)
         _restore_rng(ckpt, acc.process_index, acc.device)
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError, SafetensorError, OSError) as err:
         error = f"checkpoint {ckpt.path} does not fit this run: {err}"

@@ -95,6 +95,9 @@ class LoopContext:
     # cleared (AdaLoRA's rank allocation: `adapt.model.peft_setup.per_step_calls`). Unlike `Phase.on_step`, which a
     # method sets per phase, these belong to the model and run in every phase.
     model_step_calls: list[Callable[[int], None]] = field(default_factory=list)
+    # What those calls keep between steps, by name, saved in checkpoints and restored on resume (AdaLoRA's importance
+    # estimates and rank allocation: `adapt.model.peft_setup.checkpointed_state`).
+    model_extra_state: dict[str, checkpoint.ExtraState] = field(default_factory=dict)
 
 
 class _StopSignals:
@@ -139,7 +142,8 @@ def save_checkpoint(ctx: LoopContext, optimizer: torch.optim.Optimizer, schedule
     best = _best_file(ctx) if ctx.state.best_step is not None else None
     contents = checkpoint.Contents(
         ctx.accelerator.unwrap_model(ctx.model, keep_torch_compile=False), optimizer, scheduler,
-        ctx.state.state_dict(), best, [ctx.run.root / d for d in ctx.run_dirs], ctx.run.train_log)
+        ctx.state.state_dict(), best, [ctx.run.root / d for d in ctx.run_dirs], ctx.run.train_log,
+        ctx.model_extra_state)
     checkpoint.write_checkpoint(ctx.accelerator, final, contents)
     if ctx.accelerator.is_main_process:
         ctx.run.prune_checkpoints(ctx.recipe.train.keep_checkpoints)
@@ -504,7 +508,8 @@ def train(ctx: LoopContext, phases: list[Phase], resume_from: Path | None) -> Tr
             runner = PhaseRunner(ctx, phase)
             if saved is not None:  # the phase the checkpoint was written in, now built as it was then
                 net = acc.unwrap_model(ctx.model, keep_torch_compile=False)
-                checkpoint.load_training_state(acc, saved, net, runner.optimizer, runner.scheduler)
+                checkpoint.load_training_state(acc, saved, net, runner.optimizer, runner.scheduler,
+                                               ctx.model_extra_state)
                 saved = None
             runner.run()
             # Let the finished phase's optimizer state be freed (Accelerate keeps every prepared optimizer).

@@ -31,7 +31,7 @@ from adapt.model.heads import AdaptModel, classifier_of
 from adapt.model.init_run import start_text
 from adapt.model.limits import max_length_problem, start_problems
 from adapt.model.loading import ResolvedModel
-from adapt.model.peft_setup import per_step_calls
+from adapt.model.peft_setup import checkpointed_state, per_step_calls
 from adapt.model.saving import save_model
 from adapt.model.start import load_start
 from adapt.recipe import Recipe, recipe_to_dict, recipe_to_yaml
@@ -286,7 +286,8 @@ def _run(recipe: Recipe, run: RunDir, resume_from: Path | None, accelerator: Acc
         if recipe.eval.label_free or recipe.eval.select_on in CRITERIA else None
     ctx = LoopContext(accelerator, recipe, model, run, collate, label_names, splits[select], tokenized[select],
                       l2sp_anchors=l2sp_anchors(recipe, net, bundle.resolved), run_dirs=method.run_dirs,
-                      label_free=probe, model_step_calls=per_step_calls(net))
+                      label_free=probe, model_step_calls=per_step_calls(net),
+                      model_extra_state=checkpointed_state(net))
     method_ctx = MethodContext(recipe, tokenized, bundle.tokenizer, net, run)
     state = train(ctx, method.phases(method_ctx), resume_from)
 
