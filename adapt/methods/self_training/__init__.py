@@ -37,8 +37,9 @@ class SelfTrainingOptions:
     sharpen_temperature: float = option(0.5, "T of `labels: sharpened`: p^(1/T) renormalised; below 1 sharpens.")
     ema_decay: float | None = option(
         None, "Mean teacher (Tarvainen & Valpola 2017): pseudo-labels are chosen by an exponential moving average of "
-              "the student's trainable weights with this decay (e.g. 0.999), updated after every optimizer step "
-              "(null: by the student itself).")
+              "the student's trainable weights with this decay (e.g. 0.999), updated after every optimizer step of "
+              "the rounds; it starts from the source-trained student, which chooses round 1's (null: the student "
+              "chooses every round's).")
     consistency: float = option(
         0.0, "Weight of a consistency term in each round (R-Drop, Liang et al. 2021): the symmetric KL between two "
              "dropout passes over a batch of unlabelled target text (0: off; needs a model with dropout).")

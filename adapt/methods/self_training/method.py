@@ -200,7 +200,9 @@ class _Round:
         ctx, acc, cfg = self.ctx, loop.accelerator, self.ctx.recipe.method.self_training
         unlabeled = ctx.splits["target_unlabeled"]
         net = acc.unwrap_model(loop.model, keep_torch_compile=False)
-        teacher = net.heads[EMA_HEAD].weights_in(classifier_of(net)) if cfg.ema_decay is not None else nullcontext()
+        # Round 1's teacher is the source-trained student: the average starts with the rounds (`teacher.py`).
+        ema = cfg.ema_decay is not None and net.heads[EMA_HEAD].started
+        teacher = net.heads[EMA_HEAD].weights_in(classifier_of(net)) if ema else nullcontext()
         with teacher:
             logits = predict_logits(acc, loop.model, unlabeled, ctx.recipe.eval.batch_size, loop.collate)
         probs = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
@@ -209,20 +211,20 @@ class _Round:
                                                    fraction)
 
         def write() -> None:
-            atomic_write_json(path, {"round": self.round, **self._settings(fraction), **stats, "rows": keep.tolist(),
+            atomic_write_json(path, {"round": self.round, **self._settings(fraction, ema), **stats, "rows": keep.tolist(),
                                      "labels": labels.tolist(), "probs": probs[keep].tolist()})
             loop.run.append_log({"phase": loop.state.phase, "global_step": loop.state.global_step,
                                  "pseudo_labels": stats["kept"], "pseudo_labels_per_class": stats["kept_per_class"]})
 
         on_main_process(acc, write, "writing the round's pseudo-labels")
 
-    def _settings(self, fraction: float | None) -> dict:
+    def _settings(self, fraction: float | None, ema: bool) -> dict:
         """How this round chose and trains on its pseudo-labels, for the report."""
         cfg = self.ctx.recipe.method.self_training
         chosen = {"curriculum_fraction": fraction} if fraction is not None else {"threshold": cfg.threshold}
         mode = {"label_mode": cfg.labels, **({"sharpen_temperature": cfg.sharpen_temperature}
                                             if cfg.labels == "sharpened" else {})}
-        teacher = {"teacher": "ema", "ema_decay": cfg.ema_decay} if cfg.ema_decay is not None else {"teacher": "student"}
+        teacher = {"teacher": "ema", "ema_decay": cfg.ema_decay} if ema else {"teacher": "student"}
         return {**chosen, **mode, **teacher}
 
 
@@ -248,9 +250,8 @@ class SelfTraining(BaseMethod):
         if cfg.consistency > 0 and not _has_dropout(classifier_of(ctx.model)):
             raise AdaptError("`method.self_training.consistency` compares two dropout passes, but this model has no "
                              "dropout: the term would be 0. Use a model with dropout, or set consistency to 0")
-        on_step = update_teacher if cfg.ema_decay is not None else None
-        first = Phase("source", {"labeled": labeled_training_data(ctx)}, supervised_loss,
-                      epochs=ctx.recipe.train.epochs, on_step=on_step)
+        on_step = update_teacher if cfg.ema_decay is not None else None  # the rounds only (`teacher.py`)
+        first = Phase("source", {"labeled": labeled_training_data(ctx)}, supervised_loss, epochs=ctx.recipe.train.epochs)
         rounds = []
         for r in range(1, cfg.rounds + 1):
             loss = RoundLoss(cfg.consistency, ctx.tokenizer.pad_token_id if ctx.tokenizer is not None else 0)

@@ -2,6 +2,13 @@
 each round's pseudo-labels. An average over many steps is a smoother, better-calibrated model than the student of
 the last step, so its confident predictions are less often the student's latest mistakes fed back.
 
+The average covers the self-training rounds only: it starts as a copy of the source-trained student at the first
+round's first step, and round 1's pseudo-labels come from that student itself. Averaging the source phase too made
+the teacher the plain mean of a trajectory that starts at an untrained head (with the warm-up below, d = 0.999 is
+that mean for the first 1,000 steps): on electronics -> dvd, 225 source steps in, it was confident (>= 0.9) about
+208 of 1,200 target reviews where the student was about 650, and self-training with it and soft labels gained
+nothing over source-only (77.5 against 82.0 without it; one seed).
+
 The average is kept as buffers of a training-only head (`EMA_HEAD` in `AdaptModel.heads`): checkpoints save the
 whole model's state dict, buffers included, so a resumed run continues the average bit for bit. It averages only the
 classifier's trainable parameters: frozen ones (the encoder under `finetune: head`, the base weights under LoRA)
@@ -26,13 +33,12 @@ def _buffer_name(param: str) -> str:
 
 
 class EmaTeacher(nn.Module):
-    """θ_ema ← d_t·θ_ema + (1 − d_t)·θ after every optimizer step, with d_t = min(d, t / (t + 1)) for the update
-    that follows t earlier ones.
+    """θ_ema ← d_t·θ_ema + (1 − d_t)·θ after every optimizer step of the rounds, with d_t = min(d, t / (t + 1)) for
+    the update that follows t earlier ones (counted in the `updates` buffer, so a resumed run continues the count).
 
     The warm-up of d_t is Tarvainen & Valpola's own: the first update copies the student (d_0 = 0), and until
-    t / (t + 1) reaches d the average is the plain mean of the weights so far. Without it the average would start
-    at the untrained classifier head and, at d = 0.999, still hold ~37% of it after a 1000-step source phase.
-    (It also makes the starting value irrelevant, so no process needs another's copy of it.)"""
+    t / (t + 1) reaches d the average is the plain mean of the weights so far. It also makes the starting value
+    irrelevant, so no process needs another's copy of it."""
 
     def __init__(self, classifier: nn.Module, decay: float):
         super().__init__()
@@ -41,6 +47,13 @@ class EmaTeacher(nn.Module):
         for name, p in classifier.named_parameters():
             if p.requires_grad:
                 self.register_buffer(_buffer_name(name), p.detach().clone())
+        # No parameter's buffer can take this name: theirs hold a "/" for each "." of a module path.
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+
+    @property
+    def started(self) -> bool:
+        """Whether the average holds any of the student's weights yet (before, it is only a placeholder)."""
+        return int(self.updates) > 0
 
     def averaged(self) -> list[torch.Tensor]:
         """The averaged weights, in the order of `names`."""
@@ -55,12 +68,13 @@ class EmaTeacher(nn.Module):
         return min(self.decay, updates / (updates + 1))
 
     @torch.no_grad()
-    def update(self, classifier: nn.Module, updates: int) -> None:
-        """Fold the classifier's current weights in, as the update that follows `updates` earlier ones."""
-        d = self.decay_at(updates)
+    def update(self, classifier: nn.Module) -> None:
+        """Fold the classifier's current weights in."""
+        d = self.decay_at(int(self.updates))
         averaged = self.averaged()
         torch._foreach_mul_(averaged, d)
         torch._foreach_add_(averaged, [p.detach() for p in self._student(classifier)], alpha=1.0 - d)
+        self.updates += 1
 
     @contextmanager
     def weights_in(self, classifier: nn.Module) -> Iterator[None]:
@@ -80,11 +94,10 @@ class EmaTeacher(nn.Module):
 
 
 def update_teacher(loop) -> None:
-    """`Phase.on_step`: every process updates its own copy from the unwrapped model, the same weights everywhere
-    after DDP's all-reduce, so the copies agree without a collective. The teacher is updated on every optimizer step
-    of every phase, so the loop's global step (not yet advanced) counts the updates before this one."""
+    """`Phase.on_step` of the rounds: every process updates its own copy from the unwrapped model, the same weights
+    everywhere after DDP's all-reduce, so the copies agree without a collective."""
     net = loop.accelerator.unwrap_model(loop.model, keep_torch_compile=False)
-    net.heads[EMA_HEAD].update(classifier_of(net), loop.state.global_step)
+    net.heads[EMA_HEAD].update(classifier_of(net))
 
 
 def ddp_ignored_buffers(model: nn.Module) -> list[str]:
