@@ -37,7 +37,7 @@ def load_runs(results: Path, methods: list[str] | None) -> list[dict]:
     runs = []
     for path in sorted(results.glob("*/*.seed*.json")):
         rec = json.loads(path.read_text())
-        name = rec["method"] + (f"+{rec['variant']}" if rec.get("variant") else "")
+        name = path.parent.name  # method[+variant], or a stack's `A-then-B` (its record names only B)
         if (methods is None or name in methods) and rec.get("label_free"):
             runs.append({**rec, "name": name})
     return runs

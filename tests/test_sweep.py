@@ -77,6 +77,13 @@ def test_benchmark_table_from_result_files(tmp_path):
     text = bench.write_table(tmp_path)
     assert "84.0 ± 1.0" in text and (tmp_path / "heatmap.png").stat().st_size > 1000
 
+    # A stack's records name only its last method; the folder the runner filed them in names the row.
+    (tmp_path / "dann-then-source_only").mkdir()
+    (tmp_path / "dann-then-source_only" / "B-K.seed1.json").write_text(
+        json.dumps({"method": "source_only", "variant": None, "pair": "B:K", "target_accuracy": 0.9}))
+    table = bench.collect(tmp_path)
+    assert table["dann-then-source_only"] == {"B:K": [0.9]} and table["source_only"]["B:K"] == [0.80, 0.82]
+
 
 def test_benchmark_plan_takes_the_screen_first_and_skips_what_exists(tmp_path):
     bench = _load_benchmark()

@@ -114,12 +114,13 @@ def is_sweep_dir(path: Path) -> bool:
 
 
 def collect(out: Path) -> dict[str, dict[str, list[float]]]:
-    """{method(+variant): {pair: [target accuracy per seed]}} from every result file under `out`."""
+    """{method(+variant): {pair: [target accuracy per seed]}} from every result file under `out`, named by the folder
+    the runner filed it in: a stack's record names only its last method (`dapt-then-self_training/` holds
+    `self_training` records started from a dapt run)."""
     table: dict[str, dict[str, list[float]]] = {}
     for path in sorted(out.glob("*/*.seed*.json")):
         rec = json.loads(path.read_text())
-        name = rec["method"] + (f"+{rec['variant']}" if rec.get("variant") else "")
-        table.setdefault(name, {}).setdefault(rec["pair"], []).append(rec["target_accuracy"])
+        table.setdefault(path.parent.name, {}).setdefault(rec["pair"], []).append(rec["target_accuracy"])
     return table
 
 
