@@ -127,13 +127,15 @@ def student_bars(runs: dict, student: str, half: str | None) -> list[dict]:
         complete = pairs == set(ALL_PAIRS)
         ok = gap >= -0.5 if name == student else None
         verdict = UNMEASURED if not complete else ("reported" if ok is None else MET if ok else NOT_MET)
-        params = recs[0]["method_summary"]["student"]["params_total"] / recs[0]["method_summary"]["teacher"]["params_total"]
+        summary = recs[0]["method_summary"]  # an ensemble teacher's parameters are its members' sum
+        params = (f"{summary['student']['params_total'] / 1e6:.1f} M parameters against the teacher's "
+                  f"{summary['teacher']['params_total'] / 1e6:.1f} M")
         timed = [r["method_summary"] for r in recs if "inference" in r["method_summary"]["student"]]
         faster = (f"; {np.mean([m['student']['inference']['texts_per_second'] / m['teacher']['inference']['texts_per_second'] for m in timed]):.2f}× "
                   f"the teacher's texts/s (mean over {len(timed)} runs, timed side by side in each)") if timed else ""
         out.append(bar(f"student {name} vs teacher", needed,
                        f"student {s_mean:.2f}, teacher {t_mean:.2f}: {gap:+.2f} points over {len(recs)} runs on "
-                       f"{len(pairs)} of 12 pairs; {100 * params:.0f}% of the teacher's parameters{faster}",
+                       f"{len(pairs)} of 12 pairs; {params}{faster}",
                        verdict, gap_points=gap))
     return out
 

@@ -261,14 +261,14 @@ def test_issue_targets_checker_judges_only_complete_sweeps(tmp_path, capsys):
 
     # Students: the teacher's accuracy comes from each distill record.
     for pair in pairs:
-        for name, acc, params in (("distill", 0.836, 100), ("distill+half", 0.82, 77)):
+        for name, acc, params in (("distill", 0.836, 100e3), ("distill+half", 0.82, 77e3)):
             result(name, pair, 1, acc, method_summary={
-                "teacher": {"accuracy": {"target_test": 0.84}, "params_total": 100, "inference": {"texts_per_second": 10}},
-                "student": {"params_total": params, "inference": {"texts_per_second": 1000 / params}}})
+                "teacher": {"accuracy": {"target_test": 0.84}, "params_total": 100e3, "inference": {"texts_per_second": 10}},
+                "student": {"params_total": params, "inference": {"texts_per_second": 1e6 / params}}})
     students = targets.student_bars(targets.load(tmp_path), "distill", "distill+half")
     assert students[0]["gap_points"] == pytest.approx(-0.4) and students[0]["verdict"] == "met"
     assert students[1]["gap_points"] == pytest.approx(-2.0) and students[1]["verdict"] == "reported"
-    assert "77% of the teacher's parameters; 1.30× the teacher's texts/s" in students[1]["measured"]
+    assert "0.1 M parameters against the teacher's 0.1 M; 1.30× the teacher's texts/s" in students[1]["measured"]
 
     assert targets.main(["--results", str(tmp_path), "--recommended", "best", "--out", str(tmp_path / "t.json")]) == 0
     assert "| worst single run |" in capsys.readouterr().out and json.loads((tmp_path / "t.json").read_text())["bars"]
