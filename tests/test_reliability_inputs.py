@@ -336,7 +336,7 @@ def test_mlm_json_is_written_atomically(tiny_recipe, tmp_path, monkeypatch):
     from adapt.methods.mlm.head import HeadSpec
     from adapt.methods.mlm.method import save_mlm_phase
 
-    accelerator = SimpleNamespace(is_main_process=True, unwrap_model=lambda m: m,
+    accelerator = SimpleNamespace(is_main_process=True, num_processes=1, unwrap_model=lambda m: m,
                                   wait_for_everyone=lambda: None)
     model = torch.nn.Module()  # an encoder and an MLM head whose shape mlm.json records
     model.encoder, model.heads = torch.nn.Linear(2, 2), torch.nn.ModuleDict({"mlm": torch.nn.Linear(2, 2)})
