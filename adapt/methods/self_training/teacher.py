@@ -47,7 +47,8 @@ class EmaTeacher(nn.Module):
         for name, p in classifier.named_parameters():
             if p.requires_grad:
                 self.register_buffer(_buffer_name(name), p.detach().clone())
-        # No parameter's buffer can take this name: theirs hold a "/" for each "." of a module path.
+        # Parameters of submodules hold a "/" here; a top-level parameter named `updates` would make this fail
+        # loudly (register_buffer refuses an existing name), never share the slot.
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
 
     @property
