@@ -47,8 +47,11 @@ class EmaTeacher(nn.Module):
         for name, p in classifier.named_parameters():
             if p.requires_grad:
                 self.register_buffer(_buffer_name(name), p.detach().clone())
-        # Parameters of submodules hold a "/" here; a top-level parameter named `updates` would make this fail
-        # loudly (register_buffer refuses an existing name), never share the slot.
+        # Parameters of submodules hold a "/" here; only a top-level parameter could take the counter's name, and
+        # register_buffer would silently replace its average.
+        if "updates" in self.names:
+            raise ValueError("the mean teacher keeps its update count as a buffer named `updates`, the name of a "
+                             "top-level parameter of this classifier")
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
 
     @property
