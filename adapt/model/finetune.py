@@ -15,12 +15,6 @@ from adapt.model.peft_setup import apply_peft
 from adapt.recipe import ModelConfig
 
 
-def encoder_layers(model: torch.nn.Module, key: str = "`model.num_layers`") -> torch.nn.ModuleList:
-    """The encoder's layers, bottom to top, for any family `adapt.model.families` knows; `key` is the recipe key
-    that needs them (named in the error for an unknown architecture)."""
-    return families.encoder_layers(model, key)
-
-
 def head_parameter_names(model: torch.nn.Module) -> list[str]:
     """The classifier head: every parameter outside the base encoder (`classifier.*` for BERT), and those of the
     encoder modules the checkpoint lacked (BERT's pooler in a masked-LM checkpoint), new and random like it."""
@@ -41,7 +35,7 @@ def apply_finetune(model: torch.nn.Module, cfg: ModelConfig) -> tuple[torch.nn.M
         for n, p in model.named_parameters():
             p.requires_grad_(n in head)
         return model, {"trainable": sorted(head)}
-    layers = encoder_layers(model, "`model.finetune=freeze`")  # after `num_layers`: half of the kept layers
+    layers = families.encoder_layers(model, "`model.finetune=freeze`")  # after `num_layers`: half of the kept layers
     frozen = len(layers) // 2 if cfg.freeze_layers is None else cfg.freeze_layers
     if frozen > len(layers):
         raise AdaptError(f"`model.freeze_layers` is {frozen} but the encoder has only {len(layers)} layers")

@@ -86,7 +86,7 @@ def effective_attention(requested: str | None, config, auto_mapping) -> str | No
     """The attention implementation to pass transformers for `model.attention` = `requested` (`auto`, `sdpa`,
     `eager`; None: transformers' own default), given the model class `auto_mapping` (e.g.
     `MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING`) has for `config`. See `families.attention_for_config`, which
-    `adapt validate` also asks (`families.attention_problem`)."""
+    `adapt validate` also asks (`limits.attention_problem`)."""
     if requested is None:
         return None
     return attention_for_config(requested, type(config), auto_mapping)

@@ -7,8 +7,7 @@ from __future__ import annotations
 import torch
 
 from adapt.core.errors import AdaptError
-from adapt.model.families import set_encoder_layers
-from adapt.model.finetune import encoder_layers
+from adapt.model.families import encoder_layers, set_encoder_layers
 
 
 def kept_layers(total: int, n: int, choice: str) -> list[int]:
