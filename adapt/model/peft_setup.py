@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 
 from adapt.core.errors import AdaptError
-from adapt.model.families import default_feedforward_modules, default_target_modules
+from adapt.model.families import default_feedforward_modules, default_target_modules, linear_module_names
 from adapt.model.loading import quiet_adapter_loading
 from adapt.recipe import ModelConfig, PeftSection
 from adapt.recipe.schema import PEFT_KEYS
@@ -91,8 +91,8 @@ def target_modules(model: torch.nn.Module, c: PeftSection, key: str) -> list[str
     linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
     missing = [t for t in c.target_modules if not any(n == t or n.endswith("." + t) for n in linear)]
     if missing:
-        names = sorted({n.rsplit(".", 1)[-1] for n in linear})
-        raise AdaptError(f"`{key}.target_modules`: {missing} are not linear modules of this model; choose from {names}")
+        raise AdaptError(f"`{key}.target_modules`: {missing} are not linear modules of this model; choose from "
+                         f"{linear_module_names(model)}")
     return list(c.target_modules)
 
 
