@@ -180,7 +180,7 @@ def choose(runs: dict, candidates: list[str], by: str, seeds: int = 3) -> dict:
     for name in candidates:
         recs = [r for p in ALL_PAIRS for r in list(runs.get(name, {}).get(p, {}).values())[:seeds]]
         complete = all(len(runs.get(name, {}).get(p, {})) >= seeds for p in ALL_PAIRS)
-        values = [r["splits"]["source_dev"]["macro_f1"] if by == "source_dev" else amazon_label_free.score(r, by)
+        values = [amazon_label_free.source_dev_score(r)[0] if by == "source_dev" else amazon_label_free.score(r, by)
                   if r.get("label_free") else None for r in recs]
         alarmed = sum(bool(r.get("alarms")) for r in recs)
         usable = complete and all(v is not None for v in values)
