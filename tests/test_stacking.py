@@ -172,6 +172,34 @@ def test_three_stages_record_the_whole_chain(first, tiny_recipe, tiny_model_dir,
     assert recorded_start(read(third)["model"]).init_dir == str(second / "model")  # for `adapt evaluate --diagnostics`
 
 
+def test_self_training_without_a_source_phase_pseudo_labels_with_the_init_runs_model(first, tiny_recipe, tiny_data,
+                                                                                       tmp_path):
+    # The unlabelled text is books text (filed as kitchen), on which the init run's predictions vary: it calls all
+    # tiny kitchen texts positive, so that round 1 would keep none, balanced, and show nothing.
+    unlabeled = tmp_path / "unlabeled.jsonl"
+    rows = [json.loads(line) for line in tiny_data["source_test"].read_text().splitlines()]
+    unlabeled.write_text("".join(json.dumps({**r, "domain": "kitchen", "label": None}) + "\n" for r in rows))
+    out = stack(tmp_path, "rounds-only", tiny_recipe, f"model.init_from={first}", "method.name=self_training",
+                "method.self_training.source_epochs=0", "method.self_training.rounds=1",
+                "method.self_training.threshold=0.5", f"data.target.unlabeled={unlabeled}", "eval.diagnostics=false")
+    logged = {json.loads(line).get("phase_name") for line in (out / "train_log.jsonl").read_text().splitlines()}
+    assert "round1" in logged and "source" not in logged
+    # Round 1 chose from the init run's probabilities on the unlabelled target, row for row: no training came first.
+    saved = json.loads((out / "pseudo_labels" / "round1.json").read_text())
+    texts = [json.loads(line)["text"] for line in unlabeled.read_text().splitlines()]
+    m = load_for_inference(first)
+    probs = predict_texts(m.model, m.tokenizer, texts, 32, "head", 4)
+    assert saved["kept"] > 0
+    assert np.abs(probs[saved["rows"]] - np.array(saved["probs"])).max() < 1e-5
+    assert saved["predicted_per_class"] == np.bincount(probs.argmax(axis=1), minlength=2).tolist()
+
+
+def test_rounds_without_a_source_phase_need_a_trained_start(tiny_recipe, capsys):
+    assert validate_main([str(tiny_recipe), "method.name=self_training", "method.self_training.source_epochs=0"]) != 0
+    err = capsys.readouterr()
+    assert "source_epochs: 0" in err.out + err.err and "model.init_from" in err.out + err.err
+
+
 def test_an_interrupted_stacked_run_resumes_as_if_uninterrupted(lora_first, tiny_recipe, tmp_path, monkeypatch):
     args = [f"model.init_from={lora_first}", "model.finetune=lora", "train.epochs=1", "train.checkpoint_every_steps=2",
             "eval.diagnostics=false"]

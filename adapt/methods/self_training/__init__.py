@@ -1,8 +1,8 @@
 """`self_training`: pseudo-labelling rounds on the unlabelled target data.
 
-Train on the labelled source data first; then, each round, predict the unlabelled target texts with the current
-(best-on-source-dev) model, keep the predictions whose top probability reaches `threshold`, balance them across
-classes (the same number per class, the most confident first, at most `max_per_class`), and train on source +
+Train on the labelled source data first (none with `source_epochs: 0`, for a stacked start that already learned
+it); then, each round, predict the unlabelled target texts with the current (best-on-source-dev) model, keep the
+predictions whose top probability reaches `threshold`, balance them across classes (the same number per class, the most confident first, at most `max_per_class`), and train on source +
 pseudo-labelled target. Every round is scored on the selection split (source dev by default) and keeps its best
 weights. Class balance matters: a source model is often biased towards one class on the target, and unbalanced
 pseudo-labels feed that bias back.
@@ -27,6 +27,10 @@ from adapt.methods.registry import register_method, register_options
 @dataclass(frozen=True)
 class SelfTrainingOptions:
     rounds: int = option(3, "Pseudo-labelling rounds after the source-only start.")
+    source_epochs: int | None = option(
+        None, "Epochs on the labelled source before round 1 (null: `train.epochs`). 0 starts the rounds from the model "
+              "as loaded, and needs `model.init_from`: for a stacked run whose start already learned the source "
+              "(DAPT -> self-training), where training on it again only makes round 1's teacher more confident.")
     threshold: float = option(0.9, "Keep a target prediction only if its top probability is at least this.")
     max_per_class: int | None = option(None, "At most this many pseudo-labels per class per round (null: no cap).")
     epochs: int = option(1, "Epochs over source + pseudo-labelled target in each round.")
@@ -53,13 +57,24 @@ class SelfTrainingOptions:
                                      "only).")
 
     def problems(self) -> list[str]:
-        rules = (("rounds", self.rounds >= 1, ">= 1"), ("threshold", 0 < self.threshold <= 1, "in (0, 1]"),
+        rules = (("rounds", self.rounds >= 1, ">= 1"),
+                 ("source_epochs", self.source_epochs is None or self.source_epochs >= 0, ">= 0 or null"),
+                 ("threshold", 0 < self.threshold <= 1, "in (0, 1]"),
                  ("max_per_class", self.max_per_class is None or self.max_per_class >= 1, ">= 1 or null"),
                  ("epochs", self.epochs >= 1, ">= 1"), ("sharpen_temperature", self.sharpen_temperature > 0, "> 0"),
                  ("ema_decay", self.ema_decay is None or 0 < self.ema_decay < 1, "in (0, 1) or null"),
                  ("consistency", self.consistency >= 0, ">= 0"),
                  ("curriculum_max", 0 < self.curriculum_max <= 1, "in (0, 1]"))
         return [f"`method.self_training.{k}` must be {rule}, got {getattr(self, k)}" for k, ok, rule in rules if not ok]
+
+
+def checks(recipe) -> list[str]:
+    """Rounds without a source phase pseudo-label with the model as loaded: only a trained classifier can."""
+    if recipe.method.self_training.source_epochs == 0 and recipe.model.init_from is None:
+        return ["`method.self_training.source_epochs: 0` starts round 1 from the model as loaded, and without "
+                "`model.init_from` its classifier head is untrained, so round 1's pseudo-labels would be noise; set "
+                "`model.init_from` to a finished run on this source, or give `source_epochs` >= 1"]
+    return []
 
 
 def _settings(r: dict) -> str:
@@ -93,4 +108,5 @@ register_method(
     options=("self_training",),
     requires=("data.target.unlabeled",),
     report_lines=report_lines,
+    checks=checks,
 )

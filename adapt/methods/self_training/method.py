@@ -251,12 +251,13 @@ class SelfTraining(BaseMethod):
             raise AdaptError("`method.self_training.consistency` compares two dropout passes, but this model has no "
                              "dropout: the term would be 0. Use a model with dropout, or set consistency to 0")
         on_step = update_teacher if cfg.ema_decay is not None else None  # the rounds only (`teacher.py`)
-        first = Phase("source", {"labeled": labeled_training_data(ctx)}, supervised_loss, epochs=ctx.recipe.train.epochs)
+        epochs = ctx.recipe.train.epochs if cfg.source_epochs is None else cfg.source_epochs
+        first = [Phase("source", {"labeled": labeled_training_data(ctx)}, supervised_loss, epochs=epochs)] if epochs else []
         rounds = []
         for r in range(1, cfg.rounds + 1):
             loss = RoundLoss(cfg.consistency, ctx.tokenizer.pad_token_id if ctx.tokenizer is not None else 0)
             rounds.append(Phase(f"round{r}", _Round(ctx, r, loss), loss, epochs=cfg.epochs, on_step=on_step))
-        return [first, *rounds]
+        return [*first, *rounds]
 
     def summary(self, ctx: MethodContext) -> dict:
         rounds = []
