@@ -195,3 +195,43 @@ def test_two_processes_select_on_criteria_from_gathered_predictions(tiny_recipe,
     best = min(evals, key=lambda r: r["label_free_domain_balance"])
     assert report["training"]["selection"]["best_step"] == best["global_step"]
     assert {"dev", "snd", "im"} <= report["label_free"]["criteria"].keys()
+
+
+def test_evaluate_on_unlabelled_text_reproduces_the_runs_own_criteria_and_scores_new_text(tiny_recipe, tiny_data,
+                                                                                          tmp_path, capsys):
+    from adapt.evaluate_run import main as evaluate_main
+    from adapt.training.run import run
+
+    out = tmp_path / "r"
+    report = run(load_recipe(tiny_recipe, [f"output_dir={out}", "train.epochs=2"]))
+    books = tmp_path / "books_unlabeled.jsonl"  # text the model was trained on the like of: not kitchen's criteria
+    rows = [json.loads(line) for line in tiny_data["source_test"].read_text().splitlines()]
+    books.write_text("".join(json.dumps({**r, "label": None}) + "\n" for r in rows))
+    assert evaluate_main([str(out), "--unlabeled", f"kitchen={tiny_data['target_unlabeled']}", "--domain", "kitchen",
+                          "--unlabeled", f"books={books}", "--domain", "books"]) == 0
+    after = json.loads((out / "report.json").read_text())
+    on = after["label_free_on"]
+    # The run's own unlabelled target, given again: the run's own record (same sample, source dev and prior).
+    assert on["kitchen"]["examples"] == report["label_free"]["examples"] == 40
+    assert on["kitchen"]["criteria"] == pytest.approx(report["label_free"]["criteria"], rel=1e-4, abs=1e-6)
+    assert on["kitchen"]["predicted_distribution"] == report["label_free"]["predicted_distribution"]
+    assert on["books"]["examples"] == 21 and on["books"]["domain"] == "books" and on["books"]["source"] == str(books)
+    assert on["books"]["criteria"]["entropy"] != pytest.approx(on["kitchen"]["criteria"]["entropy"])
+    assert after["splits"] == report["splits"]  # only the criteria were asked for: no split scored again
+    # The collapse alarm reads each text's predicted shares (the tiny books model calls most kitchen texts positive).
+    collapsed = max(on["kitchen"]["predicted_distribution"].values()) > 0.75
+    assert any(a.startswith("On `kitchen`: Target predictions collapse") for a in after["alarms"]) == collapsed
+    md = (out / "report.md").read_text()
+    assert "## Label-free criteria on `books`" in md and str(books) in md
+    assert "label-free on books (21 texts): entropy" in capsys.readouterr().out
+
+
+def test_evaluate_refuses_a_role_for_unlabelled_text(tmp_path, capsys):
+    from adapt.evaluate_run import make_parser
+
+    with pytest.raises(SystemExit):
+        make_parser().parse_args([str(tmp_path), "--unlabeled", "x=a.jsonl", "--role", "source"])
+    assert "--role applies to a --test split" in capsys.readouterr().err
+    args = make_parser().parse_args([str(tmp_path), "--test", "t=b.jsonl", "--unlabeled", "u=a.jsonl", "--domain", "d"])
+    assert args.tests == [{"name": "t", "path": "b.jsonl", "domain": None, "role": "target"}]
+    assert args.unlabeled == [{"name": "u", "path": "a.jsonl", "domain": "d"}]

@@ -394,3 +394,11 @@ def load_extra_split(
     ds, sha, values = read_raw_split(spec, key, cfg, domain, labeled=True)
     labels = label_index(values, label_names, key, cfg.label_names is not None, partial(_row, ds, cfg))
     return Split(name, role, domain or name, True, _standardise(ds, cfg, name, labels, key), spec, sha)
+
+
+def load_unlabeled_split(spec: str, name: str, domain: str | None, cfg: DataConfig) -> Split:
+    """Unlabelled text added after training (`adapt.evaluate_run --unlabeled NAME=PATH`), for the label-free
+    criteria of a finished model on it."""
+    key = f"--unlabeled {name}"
+    ds, sha, _ = read_raw_split(spec, key, cfg, domain, labeled=False)
+    return Split(name, "target", domain or name, False, _standardise(ds, cfg, name, None, key), spec, sha)

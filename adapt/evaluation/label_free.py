@@ -196,10 +196,17 @@ def balance_alarm(domain_acc: Sequence[float]) -> str | None:
             f"quarter of training ({len(last)} logged values), far from 0.5; {why}.")
 
 
-def alarms(label_free: dict | None, log: Sequence[dict]) -> list[str]:
-    """Every warning that report.json's `label_free` record and the training log support."""
-    out = []
-    if label_free and label_free.get("predicted_distribution") and label_free.get("source_prior"):
-        out.append(collapse_alarm(label_free["predicted_distribution"], label_free["source_prior"]))
-    out.append(balance_alarm(logged_values(log, LOG_KEY)))
+def alarms(label_free: dict | None, log: Sequence[dict], label_free_on: dict[str, dict] | None = None) -> list[str]:
+    """Every warning that report.json's `label_free` record, the training log, and the criteria on other unlabelled
+    text (`label_free_on`, added by `adapt evaluate --unlabeled`) support."""
+    out = [_collapse(label_free), balance_alarm(logged_values(log, LOG_KEY))]
+    for name, record in (label_free_on or {}).items():
+        if alarm := _collapse(record):
+            out.append(f"On `{name}`: {alarm}")
     return [a for a in out if a]
+
+
+def _collapse(label_free: dict | None) -> str | None:
+    if label_free and label_free.get("predicted_distribution") and label_free.get("source_prior"):
+        return collapse_alarm(label_free["predicted_distribution"], label_free["source_prior"])
+    return None

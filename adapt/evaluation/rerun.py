@@ -1,5 +1,6 @@
 """Score a finished run again: on its own dev and test splits, or on labelled test splits it never saw
-(`adapt evaluate RUN_DIR --test NAME=PATH`); results merge into its report."""
+(`adapt evaluate RUN_DIR --test NAME=PATH`), or compute its label-free criteria on unlabelled text it never saw
+(`--unlabeled NAME=PATH`); results merge into its report."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from pathlib import Path
 from adapt.core.errors import AdaptError
 from adapt.core.rundir import RunDir, name_problem
 from adapt.data.features import Collator, tokenize, tokenize_splits
-from adapt.data.splits import load_extra_split, load_splits
+from adapt.data.splits import load_extra_split, load_splits, load_unlabeled_split
 from adapt.evaluation.diagnostics import write_diagnostics
-from adapt.evaluation.scoring import evaluate_all, score_split
+from adapt.evaluation.scoring import evaluate_all, label_free_probe, score_label_free, score_split
 from adapt.model.saving import load_saved_model
 from adapt.model.start import recorded_start
 from adapt.recipe import load_recipe
@@ -18,9 +19,10 @@ from adapt.reporting.report import load_report, write_reports
 from adapt.training.accelerator import setup_accelerator, shutdown
 
 
-def evaluate_run(run_dir: Path, tests: list[dict], diagnostics: bool = False) -> dict:
-    """Score a finished run on its own splits (no `tests`) or on the extra `tests`, and recompute diagnostics.json
-    when asked; returns the updated report."""
+def evaluate_run(run_dir: Path, tests: list[dict], diagnostics: bool = False, unlabeled: list[dict] = ()) -> dict:
+    """Score a finished run on its own splits (neither `tests` nor `unlabeled`) or on the extra `tests`, compute its
+    label-free criteria on each `unlabeled` text, and recompute diagnostics.json when asked; returns the updated
+    report."""
     bad = [problem for t in tests if (problem := name_problem(t["name"], "--test name"))]
     if bad:  # a split's name becomes predictions/<name>.jsonl: `../../x` would write outside the run
         raise AdaptError("; ".join(bad))
@@ -38,6 +40,8 @@ def evaluate_run(run_dir: Path, tests: list[dict], diagnostics: bool = False) ->
         if tests:
             splits = {t["name"]: load_extra_split(t["path"], t["name"], t["role"], t["domain"], recipe.data, labels)
                       for t in tests}
+        elif unlabeled:  # only the label-free criteria were asked for
+            splits = {}
         else:
             splits = {n: s for n, s in load_splits(recipe)[0].items() if n.endswith(("_dev", "_test"))}
         model = accelerator.prepare(load_saved_model(run.model))
@@ -46,8 +50,12 @@ def evaluate_run(run_dir: Path, tests: list[dict], diagnostics: bool = False) ->
         tokenizer = AutoTokenizer.from_pretrained(str(run.model))
         tokenized = tokenize_splits(splits, tokenizer, recipe, accelerator)
         collate = Collator(tokenizer.pad_token_id)
-        results = _score(accelerator, model, splits, tokenized, labels, recipe, run, collate, extra=bool(tests))
-        report["splits"].update(results)
+        if splits:
+            report["splits"].update(_score(accelerator, model, splits, tokenized, labels, recipe, run, collate,
+                                           extra=bool(tests)))
+        for u in unlabeled:
+            report.setdefault("label_free_on", {})[u["name"]] = _label_free_on(u, recipe, labels, accelerator, model,
+                                                                               tokenizer, collate)
         if diagnostics and accelerator.is_main_process:
             _diagnostics(run, recipe, report, accelerator.unwrap_model(model), tokenizer, accelerator)
         if accelerator.is_main_process:
@@ -56,6 +64,20 @@ def evaluate_run(run_dir: Path, tests: list[dict], diagnostics: bool = False) ->
         return load_report(run)
     finally:
         shutdown(accelerator)
+
+
+def _label_free_on(u: dict, recipe, labels: list[str], accelerator, model, tokenizer, collate) -> dict:
+    """The label-free criteria of the saved model on unlabelled text it never saw, computed as the run computed its own:
+    a sample of `eval.label_free_examples` texts drawn with the run's seed, the run's source dev split (DEV) and its
+    source training prior (class balance, the collapse alarm). The same file as the run's own unlabelled target gives
+    the run's own record."""
+    own = load_splits(recipe)[0]
+    split = load_unlabeled_split(u["path"], u["name"], u["domain"], recipe.data)
+    splits = {"source_train": own["source_train"], "source_dev": own["source_dev"], "target_unlabeled": split}
+    tokenized = tokenize_splits({k: splits[k] for k in ("source_dev", "target_unlabeled")}, tokenizer, recipe, accelerator)
+    probe = label_free_probe(splits, tokenized, labels, recipe.eval.label_free_examples, recipe.seed)
+    record = score_label_free(accelerator, model, probe, recipe.eval.batch_size, collate)
+    return {**record, "source": u["path"], "domain": split.domain}
 
 
 def _diagnostics(run: RunDir, recipe, report: dict, model, tokenizer, accelerator) -> None:

@@ -73,7 +73,8 @@ def write_reports(run: RunDir, report: dict) -> dict:
     log, diagnostics = _log_and_diagnostics(run)
     # Alarms from report.json's label-free record and the log alone, so a rebuilt report raises the same ones.
     report = add_uncertainty(run, {**report, "summary": summarize(report["splits"]),
-                                   "alarms": alarms(report.get("label_free"), log)})
+                                   "alarms": alarms(report.get("label_free"), log,
+                                                   report.get("label_free_on"))})
     atomic_write_text(run.report_md, render_markdown(report, log, diagnostics))
     atomic_write_text(run.report_html, render_html(report, log, diagnostics))
     atomic_write_json(run.report_json, report)
