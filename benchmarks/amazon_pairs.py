@@ -48,6 +48,7 @@ from pathlib import Path
 
 from adapt.core.errors import AdaptError
 from adapt.core.fileio import atomic_write_json
+from adapt.evaluation.label_free import alarms
 from adapt.reporting.compare import ALL_PAIRS, DOMAINS, collect, summarise, write_pair_table  # noqa: F401
 from adapt.training.sweep import result_record, run_training
 
@@ -158,21 +159,36 @@ def run_source_only(args, source: str, pairs: list[str], seed: int) -> None:
     for pair in todo:
         tgt = DOMAINS[pair.split(":")[1]]
         split = next((name for name, sp in report["splits"].items()  # the run's own target, or one scored before
-                      if sp.get("role") == "target" and sp.get("domain") == tgt and name.endswith("_test")), None)
+                      if sp.get("role") == "target" and sp.get("domain") == tgt and sp.get("kind") == "test"), None)
+        own = split == "target_test"  # the run's unlabelled text is this target's: its own label-free record applies
+        extra = []
         if split is None:
             split = f"test_{tgt}"
             spec = str(args.test_dir / f"{tgt}.test.jsonl") if args.test_dir else f"amazon:{tgt}/test"
-            cmd = [sys.executable, "-m", "adapt.evaluate_run", str(rd), "--test", f"{split}={spec}",
-                   "--role", "target", "--domain", tgt]
+            extra += ["--test", f"{split}={spec}", "--role", "target", "--domain", tgt]
+        if not own and report.get("label_free") and tgt not in report.get("label_free_on", {}):
+            # The criteria on this target's unlabelled text, so that every pair's source-only run has them to be
+            # compared with the adapted runs of the pair (the run computed its own target's only).
+            extra += ["--unlabeled", f"{tgt}={unlabeled_spec(pair, args)}", "--domain", tgt]
+        if extra:
+            cmd = [sys.executable, "-m", "adapt.evaluate_run", str(rd), *extra]
             done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env(args)})
             if done.returncode != 0:
                 raise AdaptError(f"evaluate_run failed for {pair}: {done.stderr[-2000:]}")
             report = json.loads((rd / "report.json").read_text())
         rec = pair_record(report, "source_only", pair, seed, split, args, {"shared_run": str(rd)})
-        if split == "target_test":  # the run's unlabelled text is this target's: its label-free record applies
-            rec.update({k: report[k] for k in ("label_free", "alarms") if k in report})
+        label_free = report.get("label_free") if own else report.get("label_free_on", {}).get(tgt)
+        if label_free:
+            rec.update(label_free=label_free, alarms=report["alarms"] if own else alarms(label_free, []))
         atomic_write_json(result_path(args, "source_only", pair, seed), rec)
         print(f"  source_only {pair} seed {seed}: target {100 * rec['target_accuracy']:.1f}", flush=True)
+
+
+def unlabeled_spec(pair: str, args) -> str:
+    """The target's unlabelled text as this sweep's runs read it (`data.target.unlabeled`)."""
+    src, tgt = pair.split(":")
+    key = "data.target.unlabeled="
+    return next(o[len(key):] for o in pair_overrides(src, tgt, args) if o.startswith(key))
 
 
 def mlm_checkpoint(args, target: str, seed: int, overrides: list[str]) -> Path | None:

@@ -129,6 +129,52 @@ def test_benchmark_stacks_and_students_wait_for_the_runs_they_start_from(tmp_pat
     assert bench.stage_overrides(args, "distill", "B:K", 1)[2]["teachers"][0].endswith("source_only/B-all.seed1")
 
 
+def test_benchmark_source_only_records_every_targets_label_free_criteria(tmp_path, monkeypatch):
+    """One source-only model per source serves three targets: the runner asks `adapt evaluate` for the criteria on
+    each other target's unlabelled text, so every pair's record can be compared with the pair's adapted runs."""
+    bench = _load_benchmark()
+    args = argparse.Namespace(out=tmp_path / "out", work=tmp_path / "work", variant=None, test_dir=None,
+                              unlabeled="train", data_dir=tmp_path, overrides=[])
+    rd = bench.run_dir(args, "source_only", "B:all", 1)
+    rd.mkdir(parents=True)
+    split = {"n": 200, "accuracy": 0.9, "macro_f1": 0.9, "kind": "test"}
+    own = {"examples": 1000, "criteria": {"entropy": 0.3}, "predicted_distribution": {"negative": 0.5, "positive": 0.5},
+           "source_prior": {"negative": 0.5, "positive": 0.5}}
+    report = {"method": "source_only", "recipe": {"output_dir": str(rd)}, "summary": {}, "alarms": [],
+              "splits": {"source_test": {**split, "role": "source", "domain": "books"},
+                         "target_test": {**split, "role": "target", "domain": "dvd"},
+                         "test_kitchen": {**split, "role": "target", "domain": "kitchen"}},  # scored before
+              "timing": {"train_seconds": 1, "wall_seconds": 2}, "training": {"optimizer_steps": 3},
+              "environment": {"device": "cpu", "git_commit": "x"}, "label_free": own}
+    (rd / "report.json").write_text(json.dumps(report))
+    calls = []
+
+    def fake_evaluate(cmd, **_):  # what `adapt evaluate` adds to report.json
+        calls.append(cmd[cmd.index(str(rd)) + 1:])
+        rep = json.loads((rd / "report.json").read_text())
+        if "--test" in cmd:
+            rep["splits"]["test_electronics"] = {**split, "accuracy": 0.8, "role": "target", "domain": "electronics"}
+        name = cmd[cmd.index("--unlabeled") + 1].split("=")[0]
+        skew = {"electronics": 0.95, "kitchen": 0.6}[name]
+        rep.setdefault("label_free_on", {})[name] = {**own, "predicted_distribution": {"negative": 1 - skew,
+                                                                                       "positive": skew}}
+        (rd / "report.json").write_text(json.dumps(rep))
+        return argparse.Namespace(returncode=0, stderr="")
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_evaluate)
+    bench.run_source_only(args, "B", ["B:D", "B:E", "B:K"], 1)
+    assert calls == [  # the run's own target (dvd) needs nothing; kitchen's test split was scored before
+        ["--test", "test_electronics=amazon:electronics/test", "--role", "target", "--domain", "electronics",
+         "--unlabeled", "electronics=amazon:electronics/train", "--domain", "electronics"],
+        ["--unlabeled", "kitchen=amazon:kitchen/train", "--domain", "kitchen"],
+    ]
+    rec = {p: json.loads(bench.result_path(args, "source_only", p, 1).read_text()) for p in ("B:D", "B:E", "B:K")}
+    assert rec["B:D"]["label_free"] == own and rec["B:D"]["alarms"] == []
+    assert rec["B:E"]["target_accuracy"] == 0.8 and rec["B:E"]["label_free"]["predicted_distribution"]["positive"] == 0.95
+    assert len(rec["B:E"]["alarms"]) == 1 and "collapse towards `positive`" in rec["B:E"]["alarms"][0]
+    assert rec["B:K"]["alarms"] == [] and rec["B:K"]["label_free"]["predicted_distribution"]["positive"] == 0.6
+
+
 def test_benchmark_execute_reports_a_failed_run_and_goes_on(capsys):
     bench = _load_benchmark()
     ran = []
