@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def load_runs(results: Path, methods: list[str] | None) -> list[dict]:
-    """Every result record with a `label_free` record (a shared source-only run has one for its first target only)."""
+    """Every result record with a `label_free` record (a shared source-only run's records for its other targets have
+    one from commit 5aa634f on: `adapt evaluate --unlabeled`)."""
     runs = []
     for path in sorted(results.glob("*/*.seed*.json")):
         rec = json.loads(path.read_text())
