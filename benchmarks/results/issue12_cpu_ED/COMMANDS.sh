@@ -32,6 +32,11 @@ wait
 $B --seeds 1 --methods self_training --variant ema_soft_rounds -- train.cpu_threads=1 \
    method.self_training.ema_decay=0.999 method.self_training.labels=soft
 
+# 2026-11-30 (session 17), commit 4a7cb89 (self_training.source_epochs): the stack with its rounds only, alongside
+# the 12-pair seed-1 sweep (benchmarks/results/issue12_cpu_seed1), three trainings on the two cores for a while
+$B --seeds 1 --methods "dapt>self_training" --variant rounds_only -- train.cpu_threads=1 \
+   method.self_training.source_epochs=0
+
 # the result JSONs copied here, then:
 R=benchmarks/results/issue12_cpu_ED
 python benchmarks/amazon_pairs.py --table-only --out $R
