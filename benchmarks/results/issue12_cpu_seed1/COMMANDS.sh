@@ -1,0 +1,24 @@
+#!/bin/bash
+# The exact commands behind benchmarks/results/issue12_cpu_seed1/: seed 1 of source_only and self_training on the 12
+# Amazon pairs with the current code (dropout on in training), on the 2-core AMD EPYC (AVX2, AVX512-VNNI,
+# AVX512-BF16: bf16 autocast), one torch thread per training, two trainings at a time. Each block ran from a frozen
+# checkout of the commit named (a git worktree at /tmp/snap*, PYTHONPATH pointing at it); --out/--work were
+# /tmp/cpu12/{results,work}; the result JSONs were then copied here. Every result JSON records its commit.
+# E->D's seed-1 runs are the ones in benchmarks/results/issue12_cpu_ED (commit f651fa9), copied here too.
+set -e
+B="python benchmarks/amazon_pairs.py --data-dir ../shared/data/amazon_multidomain --pairs all --seeds 1 --resume \
+   --out /tmp/cpu12/results --work /tmp/cpu12/work"
+
+# 2026-11-30 (session 17), commit e583d97: the four source-only models (one per source, scored on its three
+# targets), then self-training pair by pair, the screening pairs (B:K, D:E, E:B, K:D) first
+$B --methods source_only,self_training --jobs 2 -- train.cpu_threads=1
+
+# commit 5aa634f: the source-only records of the targets a model was not trained beside moved aside and written again
+# from the same finished runs (no retraining; the same accuracies), now with each target's label-free criteria
+# (adapt evaluate --unlabeled)
+$B --methods source_only -- train.cpu_threads=1
+
+# the result JSONs copied here, then:
+R=benchmarks/results/issue12_cpu_seed1
+python benchmarks/amazon_pairs.py --table-only --out $R
+python benchmarks/amazon_label_free.py --results $R --out $R/label_free.json
