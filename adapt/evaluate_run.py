@@ -62,7 +62,8 @@ def make_parser(prog: str = "python -m adapt.evaluate_run") -> argparse.Argument
     p.add_argument("--unlabeled", action=_SplitAction, metavar="NAME=PATH",
                    help="unlabelled text to compute the model's label-free criteria (and collapse alarm) on")
     p.add_argument("--role", action=_SplitAction, help="source or target (for the preceding --test)")
-    p.add_argument("--domain", action=_SplitAction, help="domain name / filter (for the preceding --test or --unlabeled)")
+    p.add_argument("--domain", action=_SplitAction,
+                   help="domain name / filter (for the preceding --test or --unlabeled)")
     p.add_argument("--diagnostics", action="store_true",
                    help="recompute diagnostics.json (proxy A-distance, vocabulary overlap) with the saved model")
     p.set_defaults(tests=[], unlabeled=[], latest=None)

@@ -67,14 +67,15 @@ def evaluate_run(run_dir: Path, tests: list[dict], diagnostics: bool = False, un
 
 
 def _label_free_on(u: dict, recipe, labels: list[str], accelerator, model, tokenizer, collate) -> dict:
-    """The label-free criteria of the saved model on unlabelled text it never saw, computed as the run computed its own:
-    a sample of `eval.label_free_examples` texts drawn with the run's seed, the run's source dev split (DEV) and its
-    source training prior (class balance, the collapse alarm). The same file as the run's own unlabelled target gives
-    the run's own record."""
+    """The label-free criteria of the saved model on unlabelled text it never saw, computed as the run computed its
+    own: a sample of `eval.label_free_examples` texts drawn with the run's seed, the run's source dev split (DEV) and
+    its source training prior (class balance, the collapse alarm). The run's own unlabelled target file gives the run's
+    own record."""
     own = load_splits(recipe)[0]
     split = load_unlabeled_split(u["path"], u["name"], u["domain"], recipe.data)
     splits = {"source_train": own["source_train"], "source_dev": own["source_dev"], "target_unlabeled": split}
-    tokenized = tokenize_splits({k: splits[k] for k in ("source_dev", "target_unlabeled")}, tokenizer, recipe, accelerator)
+    tokenized = tokenize_splits({k: splits[k] for k in ("source_dev", "target_unlabeled")}, tokenizer, recipe,
+                                accelerator)
     probe = label_free_probe(splits, tokenized, labels, recipe.eval.label_free_examples, recipe.seed)
     record = score_label_free(accelerator, model, probe, recipe.eval.batch_size, collate)
     return {**record, "source": u["path"], "domain": split.domain}

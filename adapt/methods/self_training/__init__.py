@@ -2,10 +2,10 @@
 
 Train on the labelled source data first (none with `source_epochs: 0`, for a stacked start that already learned
 it); then, each round, predict the unlabelled target texts with the current (best-on-source-dev) model, keep the
-predictions whose top probability reaches `threshold`, balance them across classes (the same number per class, the most confident first, at most `max_per_class`), and train on source +
-pseudo-labelled target. Every round is scored on the selection split (source dev by default) and keeps its best
-weights. Class balance matters: a source model is often biased towards one class on the target, and unbalanced
-pseudo-labels feed that bias back.
+predictions whose top probability reaches `threshold`, balance them across classes (the same number per class, the
+most confident first, at most `max_per_class`), and train on source + pseudo-labelled target. Every round is
+scored on the selection split (source dev by default) and keeps its best weights. Class balance matters: a source
+model is often biased towards one class on the target, and unbalanced pseudo-labels feed that bias back.
 
 Options beyond that (all off by default, which is the method as described above): soft or sharpened targets
 instead of the argmax, a mean teacher (an EMA of the student's weights) choosing the pseudo-labels, an R-Drop

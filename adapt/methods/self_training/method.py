@@ -252,7 +252,8 @@ class SelfTraining(BaseMethod):
                              "dropout: the term would be 0. Use a model with dropout, or set consistency to 0")
         on_step = update_teacher if cfg.ema_decay is not None else None  # the rounds only (`teacher.py`)
         epochs = ctx.recipe.train.epochs if cfg.source_epochs is None else cfg.source_epochs
-        first = [Phase("source", {"labeled": labeled_training_data(ctx)}, supervised_loss, epochs=epochs)] if epochs else []
+        source = Phase("source", {"labeled": labeled_training_data(ctx)}, supervised_loss, epochs=epochs)
+        first = [source] if epochs else []
         rounds = []
         for r in range(1, cfg.rounds + 1):
             loss = RoundLoss(cfg.consistency, ctx.tokenizer.pad_token_id if ctx.tokenizer is not None else 0)
