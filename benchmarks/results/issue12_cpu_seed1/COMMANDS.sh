@@ -12,6 +12,7 @@ B="python benchmarks/amazon_pairs.py --data-dir ../shared/data/amazon_multidomai
 # 2026-11-30 (session 17), commit e583d97: the four source-only models (one per source, scored on its three
 # targets), then self-training pair by pair, the screening pairs (B:K, D:E, E:B, K:D) first
 $B --methods source_only,self_training --jobs 2 -- train.cpu_threads=1
+# (stopped at the session's end with self-training on 9 pairs; E:K and K:B were mid-training, K:E not started)
 
 # commit 5aa634f: the source-only records of the targets a model was not trained beside moved aside and written again
 # from the same finished runs (no retraining; the same accuracies), now with each target's label-free criteria
