@@ -53,9 +53,9 @@ def evaluate_run(run_dir: Path, tests: list[dict], diagnostics: bool = False, un
         if splits:
             report["splits"].update(_score(accelerator, model, splits, tokenized, labels, recipe, run, collate,
                                            extra=bool(tests)))
-        for u in unlabeled:
-            report.setdefault("label_free_on", {})[u["name"]] = _label_free_on(u, recipe, labels, accelerator, model,
-                                                                               tokenizer, collate)
+        if unlabeled:
+            on = _label_free_on(unlabeled, recipe, labels, accelerator, model, tokenizer, collate)
+            report["label_free_on"] = {**report.get("label_free_on", {}), **on}
         if diagnostics and accelerator.is_main_process:
             _diagnostics(run, recipe, report, accelerator.unwrap_model(model), tokenizer, accelerator)
         if accelerator.is_main_process:
@@ -66,19 +66,22 @@ def evaluate_run(run_dir: Path, tests: list[dict], diagnostics: bool = False, un
         shutdown(accelerator)
 
 
-def _label_free_on(u: dict, recipe, labels: list[str], accelerator, model, tokenizer, collate) -> dict:
-    """The label-free criteria of the saved model on unlabelled text it never saw, computed as the run computed its
+def _label_free_on(unlabeled: list[dict], recipe, labels: list[str], accelerator, model, tokenizer, collate) -> dict:
+    """The label-free criteria of the saved model on each unlabelled text it never saw, computed as the run computed its
     own: a sample of `eval.label_free_examples` texts drawn with the run's seed, the run's source dev split (DEV) and
     its source training prior (class balance, the collapse alarm). The run's own unlabelled target file gives the run's
-    own record."""
+    own record. The run's splits are read and its source dev split tokenised once for all texts."""
     own = load_splits(recipe)[0]
-    split = load_unlabeled_split(u["path"], u["name"], u["domain"], recipe.data)
-    splits = {"source_train": own["source_train"], "source_dev": own["source_dev"], "target_unlabeled": split}
-    tokenized = tokenize_splits({k: splits[k] for k in ("source_dev", "target_unlabeled")}, tokenizer, recipe,
-                                accelerator)
-    probe = label_free_probe(splits, tokenized, labels, recipe.eval.label_free_examples, recipe.seed)
-    record = score_label_free(accelerator, model, probe, recipe.eval.batch_size, collate)
-    return {**record, "source": u["path"], "domain": split.domain}
+    source_dev = tokenize_splits({"source_dev": own["source_dev"]}, tokenizer, recipe, accelerator)
+    out = {}
+    for u in unlabeled:
+        split = load_unlabeled_split(u["path"], u["name"], u["domain"], recipe.data)
+        splits = {"source_train": own["source_train"], "source_dev": own["source_dev"], "target_unlabeled": split}
+        tokenized = {**source_dev, **tokenize_splits({"target_unlabeled": split}, tokenizer, recipe, accelerator)}
+        probe = label_free_probe(splits, tokenized, labels, recipe.eval.label_free_examples, recipe.seed)
+        record = score_label_free(accelerator, model, probe, recipe.eval.batch_size, collate)
+        out[u["name"]] = {**record, "source": u["path"], "domain": split.domain}
+    return out
 
 
 def _diagnostics(run: RunDir, recipe, report: dict, model, tokenizer, accelerator) -> None:

@@ -32,8 +32,8 @@ def report_context(report: dict, log: list[dict], diagnostics: dict | None = Non
         "diagnostics": _diagnostics(diagnostics) if diagnostics else None,
         "alarms": report.get("alarms") or [],
         "label_free": _label_free(report.get("label_free")),
-        "label_free_on": [(name, {**_label_free(lf), "source": lf.get("source")})
-                          for name, lf in (report.get("label_free_on") or {}).items() if _label_free(lf)],
+        "label_free_on": [(name, {**shown, "source": lf.get("source")})
+                          for name, lf in (report.get("label_free_on") or {}).items() if (shown := _label_free(lf))],
         "model": {
             "name_or_path": m["name_or_path"], "resolved_path": m["resolved_path"], "finetune": m["finetune"],
             "attention": m.get("attention"),  # absent in reports written before it was recorded
