@@ -17,6 +17,7 @@ from adapt.evaluation.label_free import (
     CRITERIA,
     LABELLED_SELECTION,
     alarms,
+    atc,
     balance_alarm,
     class_balance,
     collapse_alarm,
@@ -77,6 +78,45 @@ def test_dev_is_the_plain_mean_loss_without_shift_and_weights_the_target_like_ex
     assert dev(xs, bad_where_target, shifted) > 1.5 * bad_where_target.mean()
 
 
+def binary(p_positive: list[float]) -> np.ndarray:
+    p = np.asarray(p_positive, dtype=np.float64)
+    return np.stack([1 - p, p], axis=1)
+
+
+def test_atc_counts_target_examples_above_the_source_calibrated_confidence_threshold():
+    # Source dev: 10 examples, the two least confident (0.55, 0.6) wrong, so 80% right and the threshold sits at the
+    # second least confident score; the target shares above it are the estimate.
+    source = binary([0.55, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.999])
+    labels = np.array([0, 0, 1, 1, 1, 1, 1, 1, 1, 1])
+    assert atc(source, labels, binary([0.58, 0.65, 0.9, 0.99])) == pytest.approx(0.75)  # 0.58 is below 0.6
+    assert atc(source, labels, binary([0.42, 0.35, 0.1, 0.01])) == pytest.approx(0.75)  # confidence either way
+    assert atc(source, labels, binary([0.5, 0.52, 0.56, 0.6])) == 0.0  # all at or below the threshold
+    assert atc(source, np.ones(10, dtype=int), binary([0.5, 0.51])) == 1.0  # no source error: nothing to set it on
+
+
+def test_atc_recovers_the_accuracy_on_a_target_drawn_like_the_source_and_ignores_a_temperature():
+    rng = np.random.default_rng(0)
+    # A calibrated binary model: confidence c, right with probability c. On a target drawn the same way ATC must
+    # come close to the model's accuracy there; on a harder target (lower confidences) it must fall. (Not to the
+    # exact accuracy: ATC assumes the errors sit below one confidence line, which a calibrated model's do not.)
+    def sample(n, a, b):
+        c = rng.beta(a, b, n) * 0.5 + 0.5
+        right = rng.random(n) < c
+        return binary(np.where(right, c, 1 - c)), np.ones(n, dtype=int), right.mean()
+
+    s_probs, s_labels, _ = sample(4000, 5, 1)
+    t_probs, _, t_acc = sample(4000, 5, 1)
+    hard_probs, _, hard_acc = sample(4000, 1, 2)
+    assert atc(s_probs, s_labels, t_probs) == pytest.approx(t_acc, abs=0.02)
+    assert hard_acc < t_acc - 0.15 and atc(s_probs, s_labels, hard_probs) < atc(s_probs, s_labels, t_probs) - 0.15
+    # Temperature scaling (what the paper calibrates with) changes no binary example's rank: the same estimate.
+    def scaled(p, t):
+        logits = np.log(p) / t
+        return np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+
+    assert atc(scaled(s_probs, 2.0), s_labels, scaled(t_probs, 2.0)) == atc(s_probs, s_labels, t_probs)
+
+
 def test_domain_balance_is_the_distance_from_chance():
     assert domain_balance([0.5, 0.5]) == 0
     assert domain_balance([0.9, 1.0]) == pytest.approx(0.45)
@@ -86,7 +126,7 @@ def test_domain_balance_is_the_distance_from_chance():
 def test_every_criterion_is_a_recipe_choice_and_says_which_way_is_better():
     choices = typing.get_args(typing.get_type_hints(EvalConfig)["select_on"])
     assert set(choices) == set(CRITERIA) | set(LABELLED_SELECTION)
-    assert {k for k, c in CRITERIA.items() if c.higher_is_better} == {"im", "snd"}
+    assert {k for k, c in CRITERIA.items() if c.higher_is_better} == {"im", "snd", "atc"}
 
 
 def test_collapse_alarm_flags_the_dann_failure_but_not_a_healthy_run():
@@ -131,7 +171,7 @@ def test_run_selects_on_im_and_records_the_criteria(tiny_recipe, tmp_path):
     out = tmp_path / "r"
     report = run(load_recipe(tiny_recipe, [f"output_dir={out}", "train.epochs=3", "eval.select_on=im"]))
     lf = report["label_free"]
-    assert set(lf["criteria"]) == {"entropy", "im", "class_balance", "snd", "dev"}  # no discriminator logged
+    assert set(lf["criteria"]) == {"entropy", "im", "class_balance", "snd", "dev", "atc"}  # no discriminator
     assert lf["examples"] == 40 and sum(lf["predicted_distribution"].values()) == pytest.approx(1)
     assert lf["source_prior"] == pytest.approx({"negative": 0.5, "positive": 0.5})
     evals = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines() if "best" in json.loads(line)]

@@ -90,6 +90,24 @@ def dev(source_features: np.ndarray, source_losses: np.ndarray, target_features:
     return float(weighted.mean() + eta * w.mean() - eta)
 
 
+def atc(source_probs: np.ndarray, source_labels: np.ndarray, target_probs: np.ndarray) -> float:
+    """Average thresholded confidence (Garg et al. 2022, "Leveraging Unlabeled Data to Predict Out-of-Distribution
+    Performance"), with the negative-entropy score the paper found best (ATC-NE): an estimate of the target accuracy.
+    A threshold t is set on the labelled source dev split so that the share of its examples scoring above t equals
+    the model's source dev accuracy; the estimate is the share of target examples scoring above t. Higher is better,
+    and unlike the other criteria it reads as an accuracy (0..1) that can be set beside the source dev accuracy.
+
+    The paper first calibrates the model by temperature scaling on source dev; with two classes that changes no
+    example's rank, so the estimate is the same without it, and it is left out for every label set (with more classes
+    the entropy order can move slightly under a temperature)."""
+    s_probs = np.asarray(source_probs, dtype=np.float64)
+    errors = int((s_probs.argmax(-1) != np.asarray(source_labels)).sum())
+    if errors == 0:  # no source error to calibrate on: every target example is above the threshold
+        return 1.0
+    threshold = np.sort(-_entropies(s_probs))[errors - 1]  # `errors` source examples score at or below it
+    return float((-_entropies(target_probs) > threshold).mean())
+
+
 def domain_balance(domain_acc: Sequence[float]) -> float:
     """|mean logged domain accuracy - 0.5| of an adversarial method's discriminator (DANN, Ganin et al. 2016):
     0 when the discriminator cannot tell the domains apart, which is the equilibrium adversarial training aims at.
@@ -102,7 +120,8 @@ class Criterion:
     fn: Callable[..., float]
     higher_is_better: bool
     # What it needs: "target_probs", "source_prior", "dev_inputs" (source dev features and losses plus target
-    # features) or "log:<key>" (a quantity the method logs while training).
+    # features), "source_dev_probs" (source dev predictions and labels) or "log:<key>" (a quantity the method logs
+    # while training).
     needs: tuple[str, ...]
 
 
@@ -112,6 +131,7 @@ CRITERIA: dict[str, Criterion] = {
     "class_balance": Criterion(class_balance, False, ("target_probs", "source_prior")),
     "snd": Criterion(snd, True, ("target_probs",)),
     "dev": Criterion(dev, False, ("dev_inputs",)),
+    "atc": Criterion(atc, True, ("target_probs", "source_dev_probs")),
     "domain_balance": Criterion(domain_balance, False, ("log:domain_acc",)),
 }
 # Selection on these compares models on labelled dev data instead.
@@ -128,6 +148,8 @@ class LabelFreeInputs:
     source_features: np.ndarray | None = None  # source dev features (DEV)
     source_losses: np.ndarray | None = None  # per-example cross-entropy on source dev (DEV)
     target_features: np.ndarray | None = None  # target sample features (DEV)
+    source_probs: np.ndarray | None = None  # softmax outputs on source dev (ATC)
+    source_labels: np.ndarray | None = None  # source dev labels (ATC)
 
 
 def compute_criteria(inputs: LabelFreeInputs, domain_acc: Sequence[float] = (), snd_rows: int | None = None,
@@ -138,6 +160,8 @@ def compute_criteria(inputs: LabelFreeInputs, domain_acc: Sequence[float] = (), 
            "snd": snd(inputs.target_probs, max_rows=snd_rows, seed=seed)}
     if inputs.source_features is not None and inputs.target_features is not None:
         out["dev"] = dev(inputs.source_features, inputs.source_losses, inputs.target_features, seed=seed)
+    if inputs.source_probs is not None and inputs.source_labels is not None:
+        out["atc"] = atc(inputs.source_probs, inputs.source_labels, inputs.target_probs)
     if len(domain_acc):
         out["domain_balance"] = domain_balance(domain_acc)
     return out

@@ -151,7 +151,7 @@ def score_label_free(accelerator: Accelerator, model: torch.nn.Module, probe: La
     losses = torch.nn.functional.cross_entropy(torch.from_numpy(s_logits), torch.from_numpy(probe.source_labels),
                                                reduction="none").numpy()
     probs = _softmax(t_logits)
-    inputs = LabelFreeInputs(probs, probe.source_prior, s_feats, losses, t_feats)
+    inputs = LabelFreeInputs(probs, probe.source_prior, s_feats, losses, t_feats, _softmax(s_logits), probe.source_labels)
     shares = np.bincount(probs.argmax(-1), minlength=len(probe.label_names)) / len(probs)
     return {"examples": len(probs), "criteria": compute_criteria(inputs, domain_acc),
             "predicted_distribution": dict(zip(probe.label_names, shares.tolist())),

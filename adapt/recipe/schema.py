@@ -267,15 +267,18 @@ class TrainConfig:
 class EvalConfig:
     batch_size: int = option(64, "Examples per evaluation batch per process.")
     selection_metric: Literal["macro_f1", "accuracy"] = option("macro_f1", "Metric for model selection and early stopping.")
-    select_on: Literal["source_dev", "target_dev", "entropy", "im", "class_balance", "snd", "dev", "domain_balance"] = option(
+    select_on: Literal["source_dev", "target_dev", "entropy", "im", "class_balance", "snd", "dev", "atc",
+                       "domain_balance"] = option(
         "source_dev",
         "What model selection and early stopping compare: `eval.selection_metric` on a labelled dev split "
         "(`source_dev`; `target_dev` needs labelled target data), or a label-free criterion on the unlabelled target "
         "text (needs `data.target.unlabeled`): `entropy` (mean prediction entropy, lower better), `im` (information "
         "maximisation, higher better), `class_balance` (KL of the predicted class shares from the source prior, "
         "lower better), `snd` (soft neighbourhood density, higher better), `dev` (deep embedded validation: source "
-        "dev loss importance-weighted towards the target, lower better), `domain_balance` (distance of the "
-        "discriminator's logged domain accuracy from 0.5, lower better; method `dann` only). See `adapt/evaluation/label_free.py`.",
+        "dev loss importance-weighted towards the target, lower better), `atc` (average thresholded confidence: an "
+        "estimate of the target accuracy from a confidence threshold set on source dev, higher better), "
+        "`domain_balance` (distance of the discriminator's logged domain accuracy from 0.5, lower better; method "
+        "`dann` only). See `adapt/evaluation/label_free.py`.",
     )
     label_free: bool = option(
         True, "Compute the label-free criteria at every selection evaluation (logged as `label_free_<name>` in "

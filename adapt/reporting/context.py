@@ -138,6 +138,7 @@ _CRITERIA_HELP = {
     "class_balance": "KL of the predicted class shares from the source prior",
     "snd": "soft neighbourhood density of the target predictions",
     "dev": "deep embedded validation: source dev loss weighted towards the target",
+    "atc": "estimated target accuracy: target share above a confidence threshold set on source dev",
     "domain_balance": "distance of the discriminator's domain accuracy from 0.5 (last quarter)",
 }
 
