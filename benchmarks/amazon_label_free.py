@@ -10,7 +10,8 @@ are used: to judge the criteria, never to select. Two questions:
 1. Rank correlation (Spearman) of each criterion with target test accuracy over all runs that have it, signed so
    that a useful criterion correlates positively (for a lower-is-better criterion its negation is ranked).
    Within-pair correlations are reported too: pairs differ in difficulty, and a criterion that only ranks pairs
-   (e.g. low entropy on easy pairs) would not help a user choose between runs of their own pair.
+   (e.g. low entropy on easy pairs) would not help a user choose between runs of their own pair. A criterion
+   that estimates the accuracy itself (`atc`) also gets its mean (absolute) error against the test accuracy.
 2. Selection: for every (pair, seed), among the candidate methods' runs, the run a criterion prefers against the
    run the source dev split prefers (macro-F1, then accuracy); the mean target accuracy of each choice over the
    (pair, seed) cells where every candidate has a result.
@@ -30,6 +31,7 @@ from adapt.core.fileio import atomic_write_json
 from adapt.evaluation.label_free import CRITERIA
 
 ROOT = Path(__file__).resolve().parent.parent
+ACCURACY_ESTIMATES = ("atc",)  # criteria that estimate the target accuracy itself, not only rank runs
 
 
 def load_runs(results: Path, methods: list[str] | None) -> list[dict]:
@@ -85,6 +87,9 @@ def correlations(runs: list[dict]) -> dict:
                      "spearman": spearman([score(r, name) for r in have], [r["target_accuracy"] for r in have]),
                      "mean_within_pair_spearman": float(np.mean(within_values)) if within_values else None,
                      "within_pair": within}
+        if name in ACCURACY_ESTIMATES and have:  # it claims to be the accuracy: how far off is it?
+            err = np.array([score(r, name) - r["target_accuracy"] for r in have])
+            out[name].update(mean_error=float(err.mean()), mean_abs_error=float(np.abs(err).mean()))
     return out
 
 
@@ -121,6 +126,10 @@ def render(result: dict) -> str:
     for name, c in result["correlations"].items():
         fmt = (lambda v: "–" if v is None else f"{v:+.2f}")
         lines.append(f"| {name} | {c['runs']} | {fmt(c['spearman'])} | {fmt(c['mean_within_pair_spearman'])} |")
+    for name, c in result["correlations"].items():
+        if "mean_abs_error" in c:
+            lines += ["", f"{name} as an estimate of the target test accuracy: off by {100 * c['mean_abs_error']:.1f} "
+                      f"points on average (mean signed error {100 * c['mean_error']:+.1f}) over {c['runs']} runs."]
     sel = result["selection"]
     if sel.get("cells"):
         lines += ["", f"Selection among {', '.join(sel['candidates'])} over {sel['cells']} (pair, seed) cells:", "",

@@ -175,6 +175,55 @@ def test_benchmark_source_only_records_every_targets_label_free_criteria(tmp_pat
     assert rec["B:K"]["alarms"] == [] and rec["B:K"]["label_free"]["predicted_distribution"]["positive"] == 0.6
 
 
+def test_rescore_adds_new_criteria_from_the_finished_runs_and_keeps_the_old_ones(tmp_path, monkeypatch, capsys):
+    """A criterion added after a sweep ran (`atc`) is computed from each result's finished run with `adapt evaluate
+    --unlabeled` on the same target text; the record's other criteria stay as they were, and a second pass has
+    nothing to do."""
+    rescore = _load_benchmark("amazon_rescore")
+    runs = {name: tmp_path / "work" / name for name in ("source_only/B-all.seed1", "self_training/B-D.seed1")}
+    for rd in runs.values():
+        rd.mkdir(parents=True)
+        (rd / "report.json").write_text(json.dumps({"label_free_on": {}}))
+    old = {"examples": 1000, "criteria": {"entropy": 0.3, "im": 0.4, "class_balance": 0.01, "snd": 6.1, "dev": 0.05},
+           "predicted_distribution": {"negative": 0.5, "positive": 0.5}, "source_prior": {"negative": 0.5, "positive": 0.5}}
+    results = tmp_path / "results"
+    files = {("source_only", "B:D"): runs["source_only/B-all.seed1"], ("source_only", "B:K"): runs["source_only/B-all.seed1"],
+             ("self_training", "B:D"): runs["self_training/B-D.seed1"]}
+    for (method, pair), rd in files.items():
+        rec = {"method": method, "pair": pair, "target": {"D": "dvd", "K": "kitchen"}[pair[-1]], "unlabeled": "train",
+               "run_dir": str(rd), "label_free": old}
+        if method == "source_only":
+            rec["shared_run"] = str(rd)
+        (results / method).mkdir(parents=True, exist_ok=True)
+        (results / method / f"{pair.replace(':', '-')}.seed1.json").write_text(json.dumps(rec))
+    calls = []
+
+    def fake_evaluate(cmd, **kw):  # what `adapt evaluate --unlabeled NAME=SPEC` writes: every criterion, new ones too
+        rd = Path(cmd[cmd.index("adapt.evaluate_run") + 1])
+        name, spec = cmd[cmd.index("--unlabeled") + 1].split("=")
+        calls.append((rd.name, name, spec, kw["env"]["ADAPT_AMAZON_DIR"]))
+        atc = 0.8 if rd.name == "B-all.seed1" else 0.9
+        rep = {"label_free_on": {name: {**old, "criteria": {**old["criteria"], "entropy": 0.3003, "atc": atc}}}}
+        (rd / "report.json").write_text(json.dumps(rep))
+        return argparse.Namespace(returncode=0, stderr="")
+
+    monkeypatch.setattr(rescore.subprocess, "run", lambda cmd, **kw: fake_evaluate(cmd, **kw) if "-m" in cmd else
+                        argparse.Namespace(returncode=0, stdout="abc\n"))
+    monkeypatch.setattr("sys.argv", ["amazon_rescore.py", "--results", str(results), "--data-dir", str(tmp_path)])
+    assert rescore.main() == 0
+    assert sorted(calls) == [("B-D.seed1", "dvd", "amazon:dvd/train", str(tmp_path)),
+                             ("B-all.seed1", "dvd", "amazon:dvd/train", str(tmp_path)),
+                             ("B-all.seed1", "kitchen", "amazon:kitchen/train", str(tmp_path))]
+    got = json.loads((results / "self_training" / "B-D.seed1.json").read_text())
+    assert got["label_free"]["criteria"] == {**old["criteria"], "atc": 0.9}  # the old entropy kept, not replaced
+    assert got["rescored"]["criteria_added"] == ["atc"] and got["rescored"]["git_commit"] == "abc"
+    assert got["rescored"]["max_relative_change"] == pytest.approx(0.001)
+    assert json.loads((results / "source_only" / "B-K.seed1.json").read_text())["label_free"]["criteria"]["atc"] == 0.8
+    calls.clear()
+    assert rescore.main() == 0 and calls == []  # complete: nothing evaluated again
+    assert "nothing to add" in capsys.readouterr().out
+
+
 def test_benchmark_execute_reports_a_failed_run_and_goes_on(capsys):
     bench = _load_benchmark()
     ran = []
@@ -232,7 +281,7 @@ def test_label_free_benchmark_correlates_and_selects(tmp_path):
         path.write_text(json.dumps({
             "method": method, "variant": None, "pair": pair, "seed": seed, "target_accuracy": acc,
             "splits": {"source_dev": {"macro_f1": dev_f1, "accuracy": dev_f1}},
-            "label_free": {"criteria": {"entropy": entropy, "im": 0.1}}}))
+            "label_free": {"criteria": {"entropy": entropy, "im": 0.1, "atc": acc + 0.02}}}))
 
     # Entropy (lower is better) ranks the runs exactly as target accuracy does; source dev prefers the worse run.
     result("a", "B:K", 1, 0.80, 0.95, 0.30)
@@ -249,6 +298,9 @@ def test_label_free_benchmark_correlates_and_selects(tmp_path):
     assert sel["source_dev"]["mean_target_accuracy"] == pytest.approx(0.75) and sel["oracle"]["picked"] == {"a": 0, "b": 2}
     assert lf.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     assert "| entropy | 4 | +1.00 |" in lf.render({"correlations": corr, "selection": sel})
+    # ATC claims to be the accuracy: its error is reported (here 2 points too high on every run).
+    assert corr["atc"]["mean_abs_error"] == pytest.approx(0.02) and corr["atc"]["mean_error"] == pytest.approx(0.02)
+    assert "off by 2.0 points" in lf.render({"correlations": corr, "selection": sel})
 
 
 def test_issue_targets_checker_judges_only_complete_sweeps(tmp_path, capsys):
