@@ -43,3 +43,9 @@ python benchmarks/amazon_pairs.py --table-only --out $R
 python benchmarks/amazon_label_free.py --results $R --out $R/label_free.json
 python benchmarks/amazon_targets.py --results $R --recommended self_training --seeds 3 --student distill+ens3 \
     --half-student distill+ens3half --out $R/targets.json
+
+# 2026-11-30 (session 18), commit 5b44370: the label-free criterion `atc` added to every result JSON above from its
+# finished run (adapt evaluate --unlabeled on the same target text and sample; no retraining; the record's other
+# criteria kept, their recomputed drift in `rescored`), then label_free.json written again
+python benchmarks/amazon_rescore.py --results $R --data-dir ../shared/data/amazon_multidomain
+python benchmarks/amazon_label_free.py --results $R --out $R/label_free.json

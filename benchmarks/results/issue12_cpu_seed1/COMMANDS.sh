@@ -19,7 +19,16 @@ $B --methods source_only,self_training --jobs 2 -- train.cpu_threads=1
 # (adapt evaluate --unlabeled)
 $B --methods source_only -- train.cpu_threads=1
 
+# 2026-11-30 (session 18), the same commit e583d97 (a fresh worktree of it): the three pairs left, E:K and K:B
+# resumed from their checkpoints; then, on the core K:B freed, the same-size student of E:B's self-training run
+$B --methods self_training --jobs 2 -- train.cpu_threads=1
+python benchmarks/amazon_pairs.py --data-dir ../shared/data/amazon_multidomain --pairs E:B --seeds 1 --resume \
+   --out /tmp/cpu12/results --work /tmp/cpu12/work --methods distill --teachers self_training -- train.cpu_threads=1
+
 # the result JSONs copied here, then:
 R=benchmarks/results/issue12_cpu_seed1
 python benchmarks/amazon_pairs.py --table-only --out $R
-python benchmarks/amazon_label_free.py --results $R --out $R/label_free.json
+# session 18, commit 5b44370: the label-free criterion `atc` added to every result JSON from its finished run
+# (adapt evaluate --unlabeled on the same target text and sample; no retraining; the other criteria kept)
+python benchmarks/amazon_rescore.py --results $R --data-dir ../shared/data/amazon_multidomain
+python benchmarks/amazon_label_free.py --results $R --methods source_only,self_training --out $R/label_free.json
