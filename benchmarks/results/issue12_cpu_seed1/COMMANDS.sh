@@ -24,6 +24,10 @@ $B --methods source_only -- train.cpu_threads=1
 $B --methods self_training --jobs 2 -- train.cpu_threads=1
 python benchmarks/amazon_pairs.py --data-dir ../shared/data/amazon_multidomain --pairs E:B --seeds 1 --resume \
    --out /tmp/cpu12/results --work /tmp/cpu12/work --methods distill --teachers self_training -- train.cpu_threads=1
+# then, on both cores, the pre-registered candidate self_training+ema_soft on two pairs where plain self-training lost
+python benchmarks/amazon_pairs.py --data-dir ../shared/data/amazon_multidomain --pairs E:K,D:B --seeds 1 --resume \
+   --out /tmp/cpu12/results --work /tmp/cpu12/work --methods self_training --variant ema_soft --jobs 2 -- \
+   train.cpu_threads=1 method.self_training.ema_decay=0.999 method.self_training.labels=soft
 
 # the result JSONs copied here, then:
 R=benchmarks/results/issue12_cpu_seed1
