@@ -27,11 +27,12 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from adapt.core.fileio import atomic_write_json
-from adapt.evaluation.label_free import CRITERIA
-from adapt.reporting.compare import DOMAINS
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling runner is not a package
+import amazon_pairs  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+from adapt.core.fileio import atomic_write_json  # noqa: E402
+from adapt.evaluation.label_free import CRITERIA  # noqa: E402
+from adapt.training.record import git_commit  # noqa: E402
 
 
 def wanted(rec: dict) -> list[str]:
@@ -48,24 +49,17 @@ def run_of(rec: dict, args) -> Path:
     return Path(path)
 
 
-def unlabeled_spec(rec: dict) -> str:
-    """The target's unlabelled text as `amazon_pairs.py` gave it to the run (`data.target.unlabeled`)."""
-    letter = rec["pair"].split(":")[1]
-    return f"amazon:{DOMAINS[letter]}/{'unlabeled' if rec['unlabeled'] == 'unlabeled' else 'train'}"
-
-
-def rescore(path: Path, args) -> str:
-    rec = json.loads(path.read_text())
+def rescore(path: Path, rec: dict, args) -> str:
     missing = wanted(rec)
     if not rec.get("label_free") or not missing:
         return f"{path.parent.name}/{path.name}: nothing to add"
     run, tgt = run_of(rec, args), rec["target"]
     if not (run / "report.json").exists():
         raise SystemExit(f"{path}: its run {run} is gone (no report.json); pass --work-from/--work-to if it moved")
-    cmd = [sys.executable, "-m", "adapt.evaluate_run", str(run), "--unlabeled", f"{tgt}={unlabeled_spec(rec)}",
-           "--domain", tgt]
-    env = {**os.environ, "ADAPT_AMAZON_DIR": str(args.data_dir.resolve()), "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    # The target text exactly as the runner gave it to the run (`data.target.unlabeled`), in the runner's environment.
+    spec = amazon_pairs.unlabeled_spec(rec["pair"], argparse.Namespace(unlabeled=rec["unlabeled"], test_dir=None))
+    cmd = [sys.executable, "-m", "adapt.evaluate_run", str(run), "--unlabeled", f"{tgt}={spec}", "--domain", tgt]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **amazon_pairs.env(args)})
     if done.returncode != 0:
         raise SystemExit(f"{path}: adapt evaluate failed:\n{done.stderr[-2000:]}")
     new = json.loads((run / "report.json").read_text())["label_free_on"][tgt]
@@ -73,16 +67,11 @@ def rescore(path: Path, args) -> str:
     change = max((abs(new["criteria"][k] - v) / max(abs(v), 1e-12) for k, v in old["criteria"].items()
                   if k in new["criteria"]), default=0.0)
     rec["label_free"] = {**old, "criteria": {**old["criteria"], **{k: new["criteria"][k] for k in missing}}}
-    rec["rescored"] = {"criteria_added": missing, "max_relative_change": change, "git_commit": _commit(),
+    rec["rescored"] = {"criteria_added": missing, "max_relative_change": change, "git_commit": git_commit(),
                        "examples": new["examples"], "predicted_distribution": new["predicted_distribution"]}
     atomic_write_json(path, rec)
     added = ", ".join(f"{k} {new['criteria'][k]:.4g}" for k in missing)
     return f"{path.parent.name}/{path.name}: {added} (the record's other criteria moved by at most {change:.1e})"
-
-
-def _commit() -> str:
-    done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    return done.stdout.strip() if done.returncode == 0 else "unknown"
 
 
 def main() -> int:
@@ -102,12 +91,12 @@ def main() -> int:
         p.error(f"no result files under {args.results}")
     # One source-only model serves three targets and its report.json is rewritten by each evaluation: its
     # targets go one after another, in one worker.
-    groups: dict[str, list[Path]] = {}
+    groups: dict[str, list[tuple[Path, dict]]] = {}
     for f in files:
         rec = json.loads(f.read_text())
-        groups.setdefault(rec.get("shared_run") or str(f), []).append(f)
+        groups.setdefault(rec.get("shared_run") or str(f), []).append((f, rec))
     with ThreadPoolExecutor(args.jobs) as pool:
-        for lines in pool.map(lambda fs: [rescore(f, args) for f in fs], groups.values()):
+        for lines in pool.map(lambda group: [rescore(f, rec, args) for f, rec in group], groups.values()):
             for line in lines:
                 print(line, flush=True)
     return 0
