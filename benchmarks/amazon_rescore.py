@@ -9,8 +9,9 @@ For every result JSON (`amazon_pairs.py`'s) whose `label_free` record lacks a cr
 `adapt.evaluation.label_free.CRITERIA`, the run that produced it (`run_dir`, or `shared_run` for a source-only model
 serving several targets) is scored again with `adapt evaluate RUN --unlabeled TARGET=SPEC --domain TARGET`: the same
 target text, sample, seed, source dev split and prior as the run's own record. The missing criteria are added; the
-ones the record already had are kept as they were, and how far the new evaluation moved them is written beside
-them (`rescored.max_relative_change`), so a reader can see the new numbers come from the same models. Each file is
+ones the record already had are kept as they were, and how far the new evaluation moved each of them is written
+beside them (`rescored.changes`: new minus old; `rescored.max_relative_change`, which overstates the moves of
+criteria near zero such as class balance), so a reader can see the new numbers come from the same models. Each file is
 replaced whole (written to a temporary file, then renamed), so an interrupted rescore loses nothing; rerunning it
 skips the files already complete.
 
@@ -64,11 +65,13 @@ def rescore(path: Path, rec: dict, args) -> str:
         raise SystemExit(f"{path}: adapt evaluate failed:\n{done.stderr[-2000:]}")
     new = json.loads((run / "report.json").read_text())["label_free_on"][tgt]
     old = rec["label_free"]
-    change = max((abs(new["criteria"][k] - v) / max(abs(v), 1e-12) for k, v in old["criteria"].items()
-                  if k in new["criteria"]), default=0.0)
+    kept = {k: v for k, v in old["criteria"].items() if k in new["criteria"]}
+    changes = {k: new["criteria"][k] - v for k, v in kept.items()}
+    change = max((abs(changes[k]) / max(abs(v), 1e-12) for k, v in kept.items()), default=0.0)
     rec["label_free"] = {**old, "criteria": {**old["criteria"], **{k: new["criteria"][k] for k in missing}}}
-    rec["rescored"] = {"criteria_added": missing, "max_relative_change": change, "git_commit": git_commit(),
-                       "examples": new["examples"], "predicted_distribution": new["predicted_distribution"]}
+    rec["rescored"] = {"criteria_added": missing, "changes": changes, "max_relative_change": change,
+                       "git_commit": git_commit(), "examples": new["examples"],
+                       "predicted_distribution": new["predicted_distribution"]}
     atomic_write_json(path, rec)
     added = ", ".join(f"{k} {new['criteria'][k]:.4g}" for k in missing)
     return f"{path.parent.name}/{path.name}: {added} (the record's other criteria moved by at most {change:.1e})"

@@ -218,6 +218,7 @@ def test_rescore_adds_new_criteria_from_the_finished_runs_and_keeps_the_old_ones
     assert got["label_free"]["criteria"] == {**old["criteria"], "atc": 0.9}  # the old entropy kept, not replaced
     assert got["rescored"]["criteria_added"] == ["atc"] and got["rescored"]["git_commit"] == "abc"
     assert got["rescored"]["max_relative_change"] == pytest.approx(0.001)
+    assert got["rescored"]["changes"] == pytest.approx({"entropy": 0.0003, "im": 0, "class_balance": 0, "snd": 0, "dev": 0})
     assert json.loads((results / "source_only" / "B-K.seed1.json").read_text())["label_free"]["criteria"]["atc"] == 0.8
     calls.clear()
     assert rescore.main() == 0 and calls == []  # complete: nothing evaluated again
