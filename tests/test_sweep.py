@@ -372,3 +372,34 @@ def test_issue_targets_checker_judges_only_complete_sweeps(tmp_path, capsys):
     assert targets.main(["--results", str(tmp_path), "--recommended", "best", "--out", str(tmp_path / "t.json")]) == 0
     assert "| worst single run |" in capsys.readouterr().out and json.loads((tmp_path / "t.json").read_text())["bars"]
     assert targets.main(["--results", str(tmp_path / "none"), "--recommended", "best"]) == 1
+
+
+def test_pseudo_label_quality_reads_each_rounds_rows_against_the_withheld_labels(tmp_path):
+    """`amazon_pseudo_labels.py` matches a round's rows to the labels of the run's unlabelled target split (the labels
+    the run never saw) and counts the right ones per class, beside the run's gain over source-only."""
+    pl = _load_benchmark("amazon_pseudo_labels")
+    pool = tmp_path / "pool.jsonl"  # the target's "unlabelled" text: a labelled split with its labels withheld
+    truth = ["negative", "positive", "positive", "negative", "negative", "positive"]
+    pool.write_text("".join(json.dumps({"text": f"review {i}", "label": y}) + "\n" for i, y in enumerate(truth)))
+    run = tmp_path / "work" / "self_training" / "B-D.seed1"
+    (run / "pseudo_labels").mkdir(parents=True)
+    (run / "recipe.yaml").write_text(f"data:\n  source:\n    train: {pool}\n    test: {pool}\n"
+                                     f"  target:\n    unlabeled: {pool}\n    test: {pool}\n")
+    (run / "report.json").write_text(json.dumps({"labels": ["negative", "positive"]}))
+    rounds = {1: ([0, 1, 3], [0, 1, 1]), 2: ([0, 1, 2, 3, 4, 5], [0, 1, 1, 0, 1, 1])}  # 2 of 3 right; 5 of 6 right
+    for k, (rows, labels) in rounds.items():
+        (run / "pseudo_labels" / f"round{k}.json").write_text(json.dumps({"round": k, "candidates": 6, "rows": rows,
+                                                                          "labels": labels}))
+    results = tmp_path / "results"
+    for method, acc, rd in (("self_training", 0.9, run), ("source_only", 0.85, tmp_path / "none")):
+        (results / method).mkdir(parents=True)
+        (results / method / "B-D.seed1.json").write_text(json.dumps({"pair": "B:D", "seed": 1, "target_accuracy": acc,
+                                                                    "run_dir": str(rd)}))
+    [row] = pl.analyse(results, ["self_training"])
+    assert row["gain"] == pytest.approx(0.05)
+    r1, r2 = row["rounds"]
+    assert (r1["round"], r1["kept"], r1["right"]) == (1, 3, 2) and r1["accuracy"] == pytest.approx(2 / 3)
+    assert r1["per_class"] == {"negative": {"kept": 1, "right": 1, "in_pool": 3},
+                               "positive": {"kept": 2, "right": 1, "in_pool": 3}}
+    assert (r2["kept"], r2["right"]) == (6, 5) and r2["per_class"]["positive"] == {"kept": 4, "right": 3, "in_pool": 3}
+    assert "| self_training | B:D | 1 | 90.0 | +5.0 | 3 / 66.7 / 50.0 (positive) | 6 / 83.3 / 75.0 (positive) |" in pl.render([row])
