@@ -49,3 +49,7 @@ python benchmarks/amazon_targets.py --results $R --recommended self_training --s
 # criteria kept, their recomputed drift in `rescored`), then label_free.json written again
 python benchmarks/amazon_rescore.py --results $R --data-dir ../shared/data/amazon_multidomain
 python benchmarks/amazon_label_free.py --results $R --out $R/label_free.json
+# session 19, commit 5a56b92: each self-training round's pseudo-labels against the target labels the runs never saw
+# (explains the gains and losses; chooses nothing)
+python benchmarks/amazon_pseudo_labels.py --results $R --data-dir ../shared/data/amazon_multidomain --out $R/pseudo_labels.json \
+    --methods self_training,self_training+ema_soft,self_training+ema_soft_rounds,dapt-then-self_training,dapt-then-self_training+rounds_only

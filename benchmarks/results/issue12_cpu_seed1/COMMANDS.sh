@@ -36,3 +36,7 @@ python benchmarks/amazon_pairs.py --table-only --out $R
 # (adapt evaluate --unlabeled on the same target text and sample; no retraining; the other criteria kept)
 python benchmarks/amazon_rescore.py --results $R --data-dir ../shared/data/amazon_multidomain
 python benchmarks/amazon_label_free.py --results $R --methods source_only,self_training --out $R/label_free.json
+# session 19, commit 5a56b92: each self-training round's pseudo-labels against the target labels the runs never saw
+# (explains the gains and losses; chooses nothing)
+python benchmarks/amazon_pseudo_labels.py --results $R --data-dir ../shared/data/amazon_multidomain \
+    --methods self_training,self_training+ema_soft --out $R/pseudo_labels.json
