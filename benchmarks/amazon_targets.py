@@ -13,8 +13,9 @@ The bars, from the issue ("Done when", carved Amazon split):
 3. ... the paired bootstrap interval on the pooled target test predictions is above 0 (needs `--work`, the run
    folders that hold the predictions; `amazon_significance.py` pairs equal seeds);
 4. ... no single (pair, seed) run falls more than 3 points below that pair's source-only mean;
-5. the distilled student (`--student`) is within 0.5 points of its teacher's 12-pair mean (the teacher's target
-   test accuracy is recorded in each distill result, an ensemble's included); the half-layer student is reported
+5. the distilled student (`--student`, 3 or more seeds per pair: `--student-seeds`) is within 0.5 points of its
+   teacher's 12-pair mean (the teacher's target test accuracy is recorded in each distill result, an ensemble's
+   included); the half-layer student is reported
    beside it (its speed comes from `benchmarks/inference.py`, not from the result files);
 6. some label-free criterion reaches Spearman >= 0.6 with target test accuracy over the sweep's runs, and
 7. selecting by it among `--candidates` is not worse on average than selecting on the source dev split
@@ -110,12 +111,14 @@ def bootstrap(results: Path, work: Path | None, name: str, verdict) -> tuple[str
             verdict(lo > 0))
 
 
-def student_bars(runs: dict, student: str, half: str | None) -> list[dict]:
+def student_bars(runs: dict, student: str, half: str | None, seeds: int = 3) -> list[dict]:
     """Bar 5: the student's 12-pair mean against its teacher's, both from the distill results (each records its
-    teacher's target test accuracy); the half-layer student's loss is reported, it has no bar of its own."""
+    teacher's target test accuracy), judged with `seeds` or more per pair; the half-layer student's loss is
+    reported, it has no bar of its own."""
     out = []
     for name in [student] + ([half] if half else []):
-        recs = [r for seeds in runs.get(name, {}).values() for r in seeds.values()]
+        by_pair = runs.get(name, {})
+        recs = [r for per_seed in by_pair.values() for r in per_seed.values()]
         pairs = {r["pair"] for r in recs}
         needed = "within 0.5 points of the teacher's 12-pair mean" if name == student else "measured"
         if not recs:
@@ -124,7 +127,8 @@ def student_bars(runs: dict, student: str, half: str | None) -> list[dict]:
         s_mean = 100 * float(np.mean([r["target_accuracy"] for r in recs]))
         t_mean = 100 * float(np.mean([r["method_summary"]["teacher"]["accuracy"]["target_test"] for r in recs]))
         gap = s_mean - t_mean
-        complete = pairs == set(ALL_PAIRS)
+        fewest = min(len(per_seed) for per_seed in by_pair.values())
+        complete = pairs == set(ALL_PAIRS) and fewest >= seeds
         ok = gap >= -0.5 if name == student else None
         verdict = UNMEASURED if not complete else ("reported" if ok is None else MET if ok else NOT_MET)
         summary = recs[0]["method_summary"]  # an ensemble teacher's parameters are its members' sum
@@ -135,7 +139,7 @@ def student_bars(runs: dict, student: str, half: str | None) -> list[dict]:
                   f"the teacher's texts/s (mean over {len(timed)} runs, timed side by side in each)") if timed else ""
         out.append(bar(f"student {name} vs teacher", needed,
                        f"student {s_mean:.2f}, teacher {t_mean:.2f}: {gap:+.2f} points over {len(recs)} runs on "
-                       f"{len(pairs)} of 12 pairs; {params}{faster}",
+                       f"{len(pairs)} of 12 pairs ({fewest} or more seeds each; {seeds} needed); {params}{faster}",
                        verdict, gap_points=gap))
     return out
 
@@ -209,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, help="the sweep's run folders, for the paired bootstrap")
     p.add_argument("--student", default="distill", help="result folder of the same-size student")
     p.add_argument("--half-student", help="result folder of the smaller student, e.g. distill+half")
+    p.add_argument("--student-seeds", type=int, default=3, help="seeds the student needs per pair")
     p.add_argument("--candidates", help="result folders a criterion selects among (default: all), comma-separated")
     p.add_argument("--seeds", type=int, default=5, help="seeds the recommended setting needs per pair")
     p.add_argument("--baseline-seeds", type=int, default=3, help="seeds source_only needs per pair")
@@ -231,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.recommended:
         p.error("give --recommended (judge a setting) or --choose (choose one)")
     bars = (recommended_bars(runs, args.recommended, args.results, args.work, args.seeds, args.baseline_seeds)
-            + student_bars(runs, args.student, args.half_student)
+            + student_bars(runs, args.student, args.half_student, args.student_seeds)
             + criterion_bars(args.results, args.candidates.split(",") if args.candidates else None))
     print(render(bars))
     if args.out:

@@ -358,13 +358,21 @@ def test_issue_targets_checker_judges_only_complete_sweeps(tmp_path, capsys):
     del partial["best"][pairs[3]]
     assert {b["verdict"] for b in targets.recommended_bars(partial, "best", tmp_path, None)} == {"not measured"}
 
-    # Students: the teacher's accuracy comes from each distill record.
-    for pair in pairs:
-        for name, acc, params in (("distill", 0.836, 100e3), ("distill+half", 0.82, 77e3)):
-            result(name, pair, 1, acc, method_summary={
-                "teacher": {"accuracy": {"target_test": 0.84}, "params_total": 100e3, "inference": {"texts_per_second": 10}},
-                "student": {"params_total": params, "inference": {"texts_per_second": 1e6 / params}}})
-    students = targets.student_bars(targets.load(tmp_path), "distill", "distill+half")
+    # Students: the teacher's accuracy comes from each distill record; one seed per pair is not enough to judge.
+    def students_with(seeds):
+        for pair in pairs:
+            for name, acc, params in (("distill", 0.836, 100e3), ("distill+half", 0.82, 77e3)):
+                for seed in seeds:
+                    result(name, pair, seed, acc, method_summary={
+                        "teacher": {"accuracy": {"target_test": 0.84}, "params_total": 100e3,
+                                    "inference": {"texts_per_second": 10}},
+                        "student": {"params_total": params, "inference": {"texts_per_second": 1e6 / params}}})
+        return targets.student_bars(targets.load(tmp_path), "distill", "distill+half")
+
+    one_seed = students_with([1])
+    assert one_seed[0]["gap_points"] == pytest.approx(-0.4) and one_seed[0]["verdict"] == "not measured"
+    assert "(1 or more seeds each; 3 needed)" in one_seed[0]["measured"]
+    students = students_with([2, 3])
     assert students[0]["gap_points"] == pytest.approx(-0.4) and students[0]["verdict"] == "met"
     assert students[1]["gap_points"] == pytest.approx(-2.0) and students[1]["verdict"] == "reported"
     assert "0.1 M parameters against the teacher's 0.1 M; 1.30× the teacher's texts/s" in students[1]["measured"]
