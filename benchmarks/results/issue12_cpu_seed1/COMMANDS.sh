@@ -36,6 +36,15 @@ python benchmarks/amazon_pairs.py --table-only --out $R
 # (adapt evaluate --unlabeled on the same target text and sample; no retraining; the other criteria kept)
 python benchmarks/amazon_rescore.py --results $R --data-dir ../shared/data/amazon_multidomain
 python benchmarks/amazon_label_free.py --results $R --methods source_only,self_training --out $R/label_free.json
+# session 19, commit 973b46f (a worktree at /tmp/snap19), two trainings at a time with one thread each: the same-size
+# student of each pair's seed-1 self-training run on the 10 pairs left (E:B's ran above; E:D's is the one in
+# benchmarks/results/issue12_cpu_ED/distill, copied here); the result JSONs copied here, then the table again and,
+# at commit 12056b2, the analyses
+python benchmarks/amazon_pairs.py --data-dir ../shared/data/amazon_multidomain --pairs all --seeds 1 --resume \
+   --out /tmp/cpu12/results --work /tmp/cpu12/work --methods distill --teachers self_training --jobs 2 -- train.cpu_threads=1
+python benchmarks/amazon_pairs.py --table-only --out $R
+python benchmarks/amazon_label_free.py --results $R --methods source_only,self_training,distill --out $R/label_free_with_distill.json
+python benchmarks/amazon_targets.py --results $R --recommended self_training --student distill --out $R/targets.json
 # session 19, commit 5a56b92: each self-training round's pseudo-labels against the target labels the runs never saw
 # (explains the gains and losses; chooses nothing)
 python benchmarks/amazon_pseudo_labels.py --results $R --data-dir ../shared/data/amazon_multidomain \
