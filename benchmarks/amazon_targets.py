@@ -15,8 +15,8 @@ The bars, from the issue ("Done when", carved Amazon split):
 4. ... no single (pair, seed) run falls more than 3 points below that pair's source-only mean;
 5. the distilled student (`--student`, 3 or more seeds per pair: `--student-seeds`) is within 0.5 points of its
    teacher's 12-pair mean (the teacher's target test accuracy is recorded in each distill result, an ensemble's
-   included); the half-layer student is reported
-   beside it (its speed comes from `benchmarks/inference.py`, not from the result files);
+   included); the half-layer student is reported beside it (its speed comes from `benchmarks/inference.py`, not
+   from the result files);
 6. some label-free criterion reaches Spearman >= 0.6 with target test accuracy over the sweep's runs, and
 7. selecting by it among `--candidates` is not worse on average than selecting on the source dev split
    (`amazon_label_free.py`; target labels judge the criteria here, they never select).
