@@ -60,7 +60,8 @@ def run_quality(run: Path) -> list[dict]:
 
 
 def source_only_accuracy(results: Path, rec: dict) -> float | None:
-    path = results / "source_only" / f"{rec['pair'].replace(':', '-')}.seed{rec['seed']}.json"
+    where = argparse.Namespace(out=results, variant=None)  # where the runner files the same pair's and seed's result
+    path = amazon_pairs.result_path(where, "source_only", rec["pair"], rec["seed"])
     return json.loads(path.read_text())["target_accuracy"] if path.exists() else None
 
 
