@@ -80,7 +80,7 @@ sweep() {
     local T="-- train.cpu_threads=1 ${EXTRA:-}"  # EXTRA: overrides for a rehearsal (e.g. a tiny model)
     # Two chains side by side keep the GPU busy across each chain's waves; within a chain a line waits for the last.
     # The first lease (812ac25) ran source_only, self_training, self_training+ema_soft and distill (seeds 1-3) and
-    # most of distill+half; what is left, most needed first (docs/benchmarks.md, "The issue-12 lease plan"):
+    # most of distill+half; what is left, most needed first (docs/benchmarks.md, the issue-12 section's lease order):
     # A: the last registered candidate, the DAPT -> self-training stack (two stages, the dearest).
     # B: the 4th and 5th seeds of source-only and of both self-training settings (the choice reads seeds 1-3 only;
     #    these make the 5 seeds the recommended-recipe bars ask for, whichever self-training setting is chosen).
@@ -115,4 +115,8 @@ pack() {
     ls -la $OUT
 }
 
-"$@"
+case "${1:-}" in
+    build|setup|sweep|pack) "$1" ;;
+    *) echo "usage: bash benchmarks/gpu_lease.sh build|setup|sweep|pack (build here; setup and sweep on the GPU machine)" >&2
+       exit 2 ;;
+esac
