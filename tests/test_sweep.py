@@ -382,6 +382,25 @@ def test_issue_targets_checker_judges_only_complete_sweeps(tmp_path, capsys):
     assert targets.main(["--results", str(tmp_path / "none"), "--recommended", "best"]) == 1
 
 
+def test_issue_targets_a_run_exactly_at_a_bar_meets_it(tmp_path):
+    """A run exactly 3 points below its pair's source-only mean is not "more than 3 points below", though the float
+    arithmetic gives -3.0000000000000027 (the first lease's B:D seed 2: source-only 86.0, 85.5, 85.0; the run 82.5)."""
+    targets = _load_benchmark("amazon_targets")
+    for pair in targets.ALL_PAIRS:
+        for seed, acc in zip((1, 2, 3), (0.86, 0.855, 0.85)):
+            path = tmp_path / "source_only" / f"{pair.replace(':', '-')}.seed{seed}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"pair": pair, "seed": seed, "target_accuracy": acc}))
+        for seed in (1, 2, 3, 4, 5):
+            path = tmp_path / "best" / f"{pair.replace(':', '-')}.seed{seed}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"pair": pair, "seed": seed, "target_accuracy": 0.825 if seed == 2 else 0.9}))
+    worst = {b["bar"]: b for b in targets.recommended_bars(targets.load(tmp_path), "best", tmp_path, None)}
+    assert worst["worst single run"]["worst_points"] < -3.0  # the float error is there
+    assert worst["worst single run"]["verdict"] == "met"
+    assert targets.reaches(3.5 - 1e-12, 3.5) and not targets.reaches(3.49, 3.5)
+
+
 def test_pseudo_label_quality_reads_each_rounds_rows_against_the_withheld_labels(tmp_path):
     """`amazon_pseudo_labels.py` matches a round's rows to the labels of the run's unlabelled target split (the labels
     the run never saw) and counts the right ones per class, beside the run's gain over source-only."""
