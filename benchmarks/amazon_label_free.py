@@ -15,6 +15,13 @@ are used: to judge the criteria, never to select. Two questions:
 2. Selection: for every (pair, seed), among the candidate methods' runs, the run a criterion prefers against the
    run the source dev split prefers (macro-F1, then accuracy); the mean target accuracy of each choice over the
    (pair, seed) cells where every candidate has a result.
+
+One criterion needs several runs and is computed here, not by a run: `seed_agreement`, how often a run's predicted
+classes on the target texts agree with those of the other seeds of the same setting and pair (the mean over them;
+Jiang et al. 2022, "Assessing generalization of SGD via disagreement": where independently trained runs disagree,
+they are wrong). It reads the run folders' target test predictions, the predicted classes only, never the labels
+in that file; a run whose folder is gone, or with no other seed, has none. It was added after the first GPU lease's
+results were in (docs/benchmarks.md says so).
 """
 
 from __future__ import annotations
@@ -31,7 +38,10 @@ from adapt.core.fileio import atomic_write_json
 from adapt.evaluation.label_free import CRITERIA
 
 ROOT = Path(__file__).resolve().parent.parent
-ACCURACY_ESTIMATES = ("atc",)  # criteria that estimate the target accuracy itself, not only rank runs
+ACCURACY_ESTIMATES = ("atc", "seed_agreement")  # criteria that estimate the target accuracy itself, not only rank runs
+# Every criterion judged here, and whether higher is better: a run's own (adapt.evaluation.label_free) and the
+# sweep's (computed across runs below).
+HIGHER_IS_BETTER = {name: c.higher_is_better for name, c in CRITERIA.items()} | {"seed_agreement": True}
 
 
 def load_runs(results: Path, methods: list[str] | None) -> list[dict]:
@@ -43,7 +53,49 @@ def load_runs(results: Path, methods: list[str] | None) -> list[dict]:
         name = path.parent.name  # method[+variant], or a stack's `A-then-B` (its record names only B)
         if (methods is None or name in methods) and rec.get("label_free"):
             runs.append({**rec, "name": name})
+    add_seed_agreement(runs)
     return runs
+
+
+def target_predictions(rec: dict) -> dict[str, str] | None:
+    """{text id: predicted class} of the run on this pair's target test texts, from its run folder (a shared
+    source-only run names that split after the target's domain); None when the folder or the file is gone."""
+    run = Path(rec.get("run_dir", ""))
+    if not (run / "report.json").is_file():
+        return None
+    splits = json.loads((run / "report.json").read_text())["splits"]
+    split = next((name for name, sp in splits.items() if sp.get("role") == "target"
+                  and sp.get("domain") == rec["target"] and sp.get("kind", "test") == "test"), None)
+    path = run / "predictions" / f"{split}.jsonl"
+    if split is None or not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {str(row["id"]): row["pred"] for row in rows}  # the gold label in each row is not read
+
+
+def agreement_with_others(preds: dict) -> dict:
+    """For each key, the mean over the other keys of the share of shared ids on which their predictions agree."""
+    out = {}
+    for key, mine in preds.items():
+        shares = [np.mean([mine[i] == other[i] for i in mine.keys() & other.keys()])
+                  for k, other in preds.items() if k != key and mine.keys() & other.keys()]
+        out[key] = float(np.mean(shares)) if shares else None
+    return out
+
+
+def add_seed_agreement(runs: list[dict]) -> None:
+    """Each run's `seed_agreement` among its label-free criteria (see the module docstring), where it has one."""
+    groups = defaultdict(dict)
+    for i, rec in enumerate(runs):
+        preds = target_predictions(rec)
+        if preds:
+            groups[(rec["name"], rec["pair"])][i] = preds
+    for preds in groups.values():
+        for i, value in agreement_with_others(preds).items():
+            if value is not None:
+                record = dict(runs[i]["label_free"])
+                record["criteria"] = {**record.get("criteria", {}), "seed_agreement": value}
+                runs[i] = {**runs[i], "label_free": record}
 
 
 def spearman(x: list[float], y: list[float]) -> float | None:
@@ -70,12 +122,12 @@ def score(rec: dict, criterion: str) -> float | None:
     value = rec["label_free"].get("criteria", rec["label_free"]).get(criterion)
     if not isinstance(value, (int, float)):
         return None
-    return value if CRITERIA[criterion].higher_is_better else -value
+    return value if HIGHER_IS_BETTER[criterion] else -value
 
 
 def correlations(runs: list[dict]) -> dict:
     out = {}
-    for name in CRITERIA:
+    for name in HIGHER_IS_BETTER:
         have = [r for r in runs if score(r, name) is not None]
         by_pair = defaultdict(list)
         for r in have:
@@ -110,7 +162,7 @@ def selection(runs: list[dict]) -> dict:
         return {"cells": 0, "candidates": candidates}
     pick = {"source_dev": lambda rs: max(rs, key=source_dev_score),
             "oracle": lambda rs: max(rs, key=lambda r: r["target_accuracy"])}
-    for name in CRITERIA:
+    for name in HIGHER_IS_BETTER:
         if all(score(r, name) is not None for rs in full.values() for r in rs):
             pick[name] = lambda rs, name=name: max(rs, key=lambda run: score(run, name))
     out = {"cells": len(full), "candidates": candidates}

@@ -304,6 +304,46 @@ def test_label_free_benchmark_correlates_and_selects(tmp_path):
     assert "off by 2.0 points" in lf.render({"correlations": corr, "selection": sel})
 
 
+def test_seed_agreement_compares_a_runs_target_predictions_with_its_other_seeds_only(tmp_path):
+    """`seed_agreement`: how often a run's predicted classes on the pair's target test texts match those of the other
+    seeds of the same setting and pair; the gold labels in the prediction files are never read, and a run with no
+    other seed (or no run folder) has none."""
+    lf = _load_benchmark("amazon_label_free")
+
+    def result(method: str, pair: str, seed: int, preds: list[str] | None, shared: bool = False) -> None:
+        run = tmp_path / "work" / method / f"{pair.replace(':', '-')}.seed{seed}"
+        split = "test_kitchen" if shared else "target_test"  # a shared source-only run names it after the domain
+        if preds is not None:
+            (run / "predictions").mkdir(parents=True)
+            (run / "report.json").write_text(json.dumps({"splits": {
+                "target_test": {"role": "target", "domain": "dvd", "kind": "test"},
+                split: {"role": "target", "domain": "kitchen", "kind": "test"}}}))
+            # The labels written here disagree with everything: reading them would change the figures.
+            (run / "predictions" / f"{split}.jsonl").write_text("".join(
+                json.dumps({"id": f"k{i}", "label": "neither", "pred": p}) + "\n" for i, p in enumerate(preds)))
+        path = tmp_path / "results" / method / f"{pair.replace(':', '-')}.seed{seed}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"pair": pair, "seed": seed, "target": "kitchen", "target_accuracy": 0.8,
+                                    "run_dir": str(run), "splits": {"source_dev": {"macro_f1": 0.9, "accuracy": 0.9}},
+                                    "label_free": {"criteria": {"entropy": 0.2}}}))
+
+    result("a", "B:K", 1, ["pos", "pos", "neg", "neg"])
+    result("a", "B:K", 2, ["pos", "pos", "neg", "pos"], shared=True)  # agrees with seed 1 on 3 of 4
+    result("a", "B:K", 3, ["neg", "neg", "pos", "pos"])  # agrees with seed 1 on 0, with seed 2 on 1
+    result("b", "B:K", 1, ["pos", "pos", "neg", "neg"])  # another setting: never compared with a's seeds
+    result("a", "D:K", 1, ["pos", "neg", "pos", "neg"])  # another pair
+    result("a", "D:K", 2, None)  # its folder is gone
+    runs = {(r["name"], r["pair"], r["seed"]): r for r in lf.load_runs(tmp_path / "results", None)}
+    agree = {k: r["label_free"]["criteria"].get("seed_agreement") for k, r in runs.items()}
+    assert agree[("a", "B:K", 1)] == pytest.approx((3 / 4 + 0) / 2)
+    assert agree[("a", "B:K", 2)] == pytest.approx((3 / 4 + 1 / 4) / 2)
+    assert agree[("a", "B:K", 3)] == pytest.approx((0 + 1 / 4) / 2)
+    assert agree[("b", "B:K", 1)] is None and agree[("a", "D:K", 1)] is None and agree[("a", "D:K", 2)] is None
+    assert runs[("a", "B:K", 1)]["label_free"]["criteria"]["entropy"] == 0.2  # the run's own criteria are kept
+    corr = lf.correlations(list(runs.values()))
+    assert corr["seed_agreement"]["runs"] == 3 and "mean_abs_error" in corr["seed_agreement"]
+
+
 def test_issue_targets_checker_judges_only_complete_sweeps(tmp_path, capsys):
     """benchmarks/amazon_targets.py: each bar of issue 12 is met, not met, or not measured when pairs or seeds are
     missing; the worst single run is measured against the pair's source-only mean, not its own seed."""

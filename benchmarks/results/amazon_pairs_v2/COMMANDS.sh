@@ -38,3 +38,18 @@ python benchmarks/amazon_label_free.py --results $R --methods source_only,self_t
     --out $R/label_free_four.json
 python benchmarks/amazon_pseudo_labels.py --results $R --data-dir ../shared/data/amazon_multidomain \
     --methods self_training,self_training+ema_soft --out $R/pseudo_labels.json
+
+# Later the same session, commit 'amazon_label_free: seed_agreement': the sweep-level criterion `seed_agreement`
+# (each run's agreement with its other seeds on the target test texts' predicted classes; labels unread), added to
+# the analyses above after their results were in. The run folders are the ones unpacked at /tmp/lease/work.
+python benchmarks/amazon_label_free.py --results $R --out $R/label_free.json
+python benchmarks/amazon_label_free.py --results $R --methods source_only,self_training,self_training+ema_soft,distill \
+    --out $R/label_free_four.json
+# Only the settings whose seeds train independently (a student's seeds share one teacher):
+python benchmarks/amazon_label_free.py --results $R --methods source_only,self_training,self_training+ema_soft \
+    --out $R/label_free_independent_seeds.json
+for c in self_training self_training+ema_soft distill; do
+    python benchmarks/amazon_targets.py --results $R --recommended $c --seeds 3 --work /tmp/lease/work \
+        --student distill --half-student distill+half \
+        --candidates source_only,self_training,self_training+ema_soft,distill --out $R/targets_3seeds_$c.json
+done
