@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from adapt.core.fileio import atomic_write_json
+from adapt.evaluation.agreement import agreement_with_others
 from adapt.evaluation.label_free import CRITERIA
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,16 +72,6 @@ def target_predictions(rec: dict) -> dict[str, str] | None:
         return None
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return {str(row["id"]): row["pred"] for row in rows}  # the gold label in each row is not read
-
-
-def agreement_with_others(preds: dict) -> dict:
-    """For each key, the mean over the other keys of the share of shared ids on which their predictions agree."""
-    out = {}
-    for key, mine in preds.items():
-        shares = [np.mean([mine[i] == other[i] for i in mine.keys() & other.keys()])
-                  for k, other in preds.items() if k != key and mine.keys() & other.keys()]
-        out[key] = float(np.mean(shares)) if shares else None
-    return out
 
 
 def add_seed_agreement(runs: list[dict]) -> None:

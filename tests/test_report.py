@@ -16,8 +16,11 @@ import pytest
 
 from adapt import load_recipe
 from adapt.core.errors import RecipeError
+from adapt.core.formatting import pct
+from adapt.core.rundir import RunDir
 from adapt.evaluation.metrics import bootstrap_ci, calibration, paired_bootstrap
 from adapt.report import main as report_main
+from adapt.reporting.compare import compare_markdown, compare_runs
 from adapt.training.run import run
 
 
@@ -130,6 +133,30 @@ def test_bootstrap_helpers():
     assert ci["accuracy"][0] < (a == y).mean() < ci["accuracy"][1]
     perfect = calibration(y, np.eye(2)[y])
     assert perfect["ece"] == 0
+
+
+def test_compare_shows_how_often_seeds_of_one_setting_agree_on_unlabelled_target_text(finished_run, tiny_recipe,
+                                                                                       tmp_path):
+    """Each run writes its final predictions on the label-free target sample (no labels there); `adapt compare`
+    measures each run's agreement with the other seeds of its setting on the ids they share, and leaves runs of
+    another setting out of it."""
+    seed2, other = tmp_path / "seed2", tmp_path / "other"
+    run(load_recipe(tiny_recipe, [f"output_dir={seed2}", "train.epochs=3", "report.trackers=[tensorboard]", "seed=2"]))
+    run(load_recipe(tiny_recipe, [f"output_dir={other}", "train.epochs=1", "seed=2"]))  # another setting: 1 epoch
+    rows = {r.root: {row["id"]: row for row in read_jsonl(r.root / "predictions" / "target_unlabeled.jsonl")}
+            for r in map(RunDir, (finished_run, seed2, other))}
+    first = rows[finished_run]
+    report = json.loads((finished_run / "report.json").read_text())
+    assert len(first) == report["label_free"]["examples"] and all("label" not in r for r in first.values())
+    common = first.keys() & rows[seed2].keys()
+    by_hand = np.mean([first[i]["pred"] == rows[seed2][i]["pred"] for i in common])
+    result = compare_runs([finished_run, seed2, other])
+    agree = [r["seed_agreement"] for r in result["runs"]]
+    assert agree[0] == agree[1] == {"agreement": pytest.approx(by_hand), "seeds_compared": 1}
+    assert agree[2] is None
+    text = compare_markdown(result)
+    assert f"| {pct(by_hand)} (1) |" in text and "Seed agreement needs no target labels" in text
+    assert "Students distilled" not in text
 
 
 def test_compare_runs_paired_on_shared_examples(finished_run, tiny_recipe, tmp_path, capsys):

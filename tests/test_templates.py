@@ -175,7 +175,8 @@ def test_every_template_renders_a_minimal_report(tmp_path):
     assert "(a gap of" not in rendered["model_card.md.j2"] and "| source_test | source | books | 10 | 60.0 | 50.0 |" \
         in rendered["model_card.md.j2"]
     assert "<table>" in rendered["document.html.j2"] and "<h1>Run comparison</h1>" in rendered["document.html.j2"]
-    assert "| a | source_only | tiny | full | 10 | 60.0 | 50.0 | – | – | 1 | (first) |\n\n\nPaired" in rendered["compare.md.j2"]
+    assert "| a | source_only | tiny | full | 10 | 60.0 | 50.0 | – | – | 1 | (first) | – |\n\n\nPaired" in rendered["compare.md.j2"]
+    assert "Seed agreement" not in rendered["compare.md.j2"]  # explained only when a run has it
     assert "| source_only | 80.0 |" + "  |" * 11 + " – | 80.0 |  |\n\nTarget" in rendered["table.md.j2"]
 
 

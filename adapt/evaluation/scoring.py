@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -143,9 +144,10 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def score_label_free(accelerator: Accelerator, model: torch.nn.Module, probe: LabelFreeProbe, batch_size: int,
-                     collate: Collator, domain_acc: Sequence[float] = ()) -> dict:
+                     collate: Collator, domain_acc: Sequence[float] = (), predictions: Path | None = None) -> dict:
     """The criteria for `model`, and the class shares it predicts on the target sample, identical on every process
-    (computed from gathered arrays)."""
+    (computed from gathered arrays). `predictions`: also write the predicted class per sampled text there (id, pred,
+    probs; the text has no label), which `adapt compare` reads to measure how often seeds of a setting agree."""
     t_logits, t_feats = predict_outputs(accelerator, model, probe.target, batch_size, collate, features=True)
     s_logits, s_feats = predict_outputs(accelerator, model, probe.source_dev, batch_size, collate, features=True)
     losses = torch.nn.functional.cross_entropy(torch.from_numpy(s_logits), torch.from_numpy(probe.source_labels),
@@ -153,6 +155,9 @@ def score_label_free(accelerator: Accelerator, model: torch.nn.Module, probe: La
     probs = _softmax(t_logits)
     inputs = LabelFreeInputs(probs, probe.source_prior, s_feats, losses, t_feats, _softmax(s_logits), probe.source_labels)
     shares = np.bincount(probs.argmax(-1), minlength=len(probe.label_names)) / len(probs)
+    if predictions is not None and accelerator.is_main_process:
+        write_jsonl(predictions, [{"id": i, "pred": probe.label_names[p], "probs": [round(float(x), 6) for x in pr]}
+                                  for i, p, pr in zip(probe.target["id"], probs.argmax(-1), probs)])
     return {"examples": len(probs), "criteria": compute_criteria(inputs, domain_acc),
             "predicted_distribution": dict(zip(probe.label_names, shares.tolist())),
             "source_prior": dict(zip(probe.label_names, probe.source_prior.tolist()))}

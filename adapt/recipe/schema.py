@@ -298,7 +298,8 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class ReportConfig:
-    predictions: bool = option(True, "Write `predictions/<split>.jsonl` (id, label, pred, probs).")
+    predictions: bool = option(True, "Write `predictions/<split>.jsonl` (id, label, pred, probs), and "
+                               "`predictions/target_unlabeled.jsonl` for the label-free target sample (no label).")
     log_every_steps: int = option(10, "Write a `train_log.jsonl` line every N optimizer steps.")
     trackers: list[str] = option(
         None, "Experiment trackers through Accelerate, logging under `<run>/trackers/`: tensorboard (works offline), "

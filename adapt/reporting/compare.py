@@ -22,6 +22,7 @@ from adapt.core.errors import AdaptError
 from adapt.core.fileio import atomic_write_json, atomic_write_text, read_jsonl
 from adapt.core.formatting import pct, signed_points
 from adapt.core.rundir import RunDir
+from adapt.evaluation.agreement import UNLABELED_PREDICTIONS, agreement_with_others, setting_key
 from adapt.evaluation.metrics import paired_bootstrap
 from adapt.reporting.report import load_report
 from adapt.reporting.templating import render_template
@@ -64,6 +65,24 @@ def paired_tests(base: RunDir, other: RunDir, labels: list[str], splits: list[st
     return out
 
 
+def seed_agreement(runs: list[RunDir]) -> list[dict | None]:
+    """Per run: how often it predicts the class its other seeds predict on the target's unlabelled sample
+    (`adapt.evaluation.agreement`), with how many seeds it was compared with; None without another seed of its
+    setting among `runs`, or without the predictions file (runs from before it was written, `report.predictions`
+    off)."""
+    groups: dict[str, dict[int, dict[str, str]]] = {}
+    for i, run in enumerate(runs):
+        preds = {k: r["pred"] for k, r in _predictions(run, UNLABELED_PREDICTIONS).items()}
+        if preds:
+            groups.setdefault(setting_key(load_report(run)["recipe"]), {})[i] = preds
+    out: list[dict | None] = [None] * len(runs)
+    for members in groups.values():
+        for i, value in agreement_with_others(members).items():
+            if value is not None:
+                out[i] = {"agreement": value, "seeds_compared": len(members) - 1}
+    return out
+
+
 def compare_runs(paths: list[Path]) -> dict:
     runs = [RunDir(p) for p in paths]
     rows = [run_row(r) for r in runs]
@@ -73,6 +92,8 @@ def compare_runs(paths: list[Path]) -> dict:
             raise AdaptError(f"{run.root} has labels {row['labels']}, the first run {base['labels']}: not comparable")
         shared = [s for s in row["test_splits"] if s in base["test_splits"]]
         row["vs_first"] = paired_tests(runs[0], run, base["labels"], shared)
+    for row, agree in zip(rows, seed_agreement(runs)):
+        row["seed_agreement"] = agree
     return {"runs": rows}
 
 
@@ -89,7 +110,10 @@ def compare_markdown(result: dict) -> str:
              "params_trainable": f"{r['params_trainable']:,}",
              **{k: pct(r[k]) for k in ("source_accuracy", "source_macro_f1", "target_accuracy", "target_macro_f1")},
              "train_seconds": f"{r['train_seconds']:.0f}",
-             "vs_first": "(first)" if i == 0 else _diff(r.get("vs_first", {}).get("target_test"), "accuracy")}
+             "vs_first": "(first)" if i == 0 else _diff(r.get("vs_first", {}).get("target_test"), "accuracy"),
+             "seed_agreement": (f"{pct(r['seed_agreement']['agreement'])} ({r['seed_agreement']['seeds_compared']})"
+                                if r.get("seed_agreement") else "–"),
+             "student": r["method"] == "distill"}
             for i, r in enumerate(runs)]
     tests = [{"name": Path(r["run"]).name, "split": split, "shared_examples": t["shared_examples"],
               "accuracy": _diff(t, "accuracy"), "macro_f1": _diff(t, "macro_f1")}

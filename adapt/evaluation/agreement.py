@@ -1,0 +1,48 @@
+"""Seed agreement: a label-free check that needs several runs of one setting.
+
+Runs of one setting trained from different seeds tend to disagree where they are wrong (Jiang et al. 2022,
+"Assessing generalization of SGD via disagreement"). So how often a run predicts, on the target's unlabelled text,
+the same class as its other seeds says something about its target accuracy that no single run can say. On the
+Amazon benchmark (docs/benchmarks.md) it ranked runs better than any criterion a run computes alone. That held only
+where the seeds train independently: students of one teacher copy it and agree whether or not they are right.
+
+Each run writes its final model's predictions on the label-free sample of the target text to
+`predictions/target_unlabeled.jsonl` (id, predicted class, probabilities; see `score_label_free`). The sample is
+drawn with the run's seed, so two seeds share most of their texts but not all; agreement is measured on the ids
+both have.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Hashable, Mapping
+
+import numpy as np
+
+UNLABELED_PREDICTIONS = "target_unlabeled"  # predictions/<this>.jsonl: the final model on the label-free sample
+
+# Recipe entries that may differ between the seeds of one setting. A stack's seeds each start from their own
+# first-stage run, so `model.init_from` only counts as set or not.
+SEED_ONLY = ("seed", "output_dir", "name")
+
+
+def agreement_with_others(preds: Mapping[Hashable, Mapping[str, str]]) -> dict[Hashable, float | None]:
+    """For each run (key), the mean over the other runs of the share of their common text ids on which both predict
+    the same class; None for a run with no other run to compare with (or no common id)."""
+    out: dict[Hashable, float | None] = {}
+    for key, mine in preds.items():
+        shares = [float(np.mean([mine[i] == other[i] for i in common]))
+                  for k, other in preds.items() if k != key and (common := mine.keys() & other.keys())]
+        out[key] = float(np.mean(shares)) if shares else None
+    return out
+
+
+def setting_key(recipe: dict) -> str:
+    """What the seeds of one setting share: the recipe without its seed, output folder and name, with `init_from`
+    reduced to whether it is set, and without `train.resume` and `train.cpu_threads` (how a run was started or
+    where, not what it trains)."""
+    rest = {k: v for k, v in recipe.items() if k not in SEED_ONLY}
+    model = dict(rest.get("model") or {})
+    model["init_from"] = model.get("init_from") is not None
+    train = {k: v for k, v in (rest.get("train") or {}).items() if k not in ("resume", "cpu_threads")}
+    return json.dumps({**rest, "model": model, "train": train}, sort_keys=True, default=str)
