@@ -3,8 +3,9 @@
 Runs of one setting trained from different seeds tend to disagree where they are wrong (Jiang et al. 2022,
 "Assessing generalization of SGD via disagreement"). So how often a run predicts, on the target's unlabelled text,
 the same class as its other seeds says something about its target accuracy that no single run can say. On the
-Amazon benchmark (docs/benchmarks.md) it ranked runs better than any criterion a run computes alone. That held only
-where the seeds train independently: students of one teacher copy it and agree whether or not they are right.
+Amazon benchmark (docs/benchmarks.md) it ranked runs better than any criterion a run computes alone, most clearly
+where the seeds train independently. Students of one teacher copy it and agree whether or not they are right: with
+them among the candidates, choosing by agreement did worse than choosing on the source dev split.
 
 Each run writes its final model's predictions on the label-free sample of the target text to
 `predictions/target_unlabeled.jsonl` (id, predicted class, probabilities; see `score_label_free`). The sample is
