@@ -18,8 +18,8 @@ are used: to judge the criteria, never to select. Two questions:
 
 One criterion needs several runs and is computed here, not by a run: `seed_agreement`, how often a run's predicted
 classes on the target texts agree with those of the other seeds of the same setting and pair (the mean over them;
-Jiang et al. 2022, "Assessing generalization of SGD via disagreement": where independently trained runs disagree,
-they are wrong). It reads the run folders' target test predictions, the predicted classes only, never the labels
+Jiang et al. 2022, "Assessing generalization of SGD via disagreement": independently trained runs tend to disagree
+where they are wrong). It reads the run folders' target test predictions, the predicted classes only, never the labels
 in that file; a run whose folder is gone, or with no other seed, has none. It was added after the first GPU lease's
 results were in (docs/benchmarks.md says so).
 """
