@@ -34,9 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
-from adapt.core.fileio import atomic_write_json
-from adapt.evaluation.agreement import agreement_with_others
-from adapt.evaluation.label_free import CRITERIA
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling runner is not a package
+import amazon_pairs  # noqa: E402
+
+from adapt.core.fileio import atomic_write_json, read_jsonl  # noqa: E402
+from adapt.evaluation.agreement import agreement_with_others  # noqa: E402
+from adapt.evaluation.label_free import CRITERIA  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCURACY_ESTIMATES = ("atc", "seed_agreement")  # criteria that estimate the target accuracy itself, not only rank runs
@@ -64,14 +67,9 @@ def target_predictions(rec: dict) -> dict[str, str] | None:
     run = Path(rec.get("run_dir", ""))
     if not (run / "report.json").is_file():
         return None
-    splits = json.loads((run / "report.json").read_text())["splits"]
-    split = next((name for name, sp in splits.items() if sp.get("role") == "target"
-                  and sp.get("domain") == rec["target"] and sp.get("kind", "test") == "test"), None)
-    path = run / "predictions" / f"{split}.jsonl"
-    if split is None or not path.is_file():
-        return None
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {str(row["id"]): row["pred"] for row in rows}  # the gold label in each row is not read
+    split = amazon_pairs.target_test_split(json.loads((run / "report.json").read_text()), rec["target"])
+    rows = read_jsonl(run / "predictions" / f"{split}.jsonl") if split else []
+    return {str(row["id"]): row["pred"] for row in rows} or None  # the gold label in each row is not read
 
 
 def add_seed_agreement(runs: list[dict]) -> None:

@@ -144,6 +144,12 @@ def env(args) -> dict:
     return {"ADAPT_AMAZON_DIR": str(args.data_dir.resolve()), "HF_HUB_OFFLINE": "1"}
 
 
+def target_test_split(report: dict, domain: str) -> str | None:
+    """The name of the run's test split of target `domain` (its own `target_test`, or one scored on it later)."""
+    return next((name for name, sp in report["splits"].items()
+                 if sp.get("role") == "target" and sp.get("domain") == domain and sp.get("kind") == "test"), None)
+
+
 def run_source_only(args, source: str, pairs: list[str], seed: int) -> None:
     """One model per (source, seed); the other targets are scored on it with adapt.evaluate_run."""
     todo = [p for p in pairs if not result_path(args, "source_only", p, seed).exists()]
@@ -158,8 +164,7 @@ def run_source_only(args, source: str, pairs: list[str], seed: int) -> None:
         run_training(RECIPE, overrides, rd, env=env(args))
     for pair in todo:
         tgt = DOMAINS[pair.split(":")[1]]
-        split = next((name for name, sp in report["splits"].items()  # the run's own target, or one scored before
-                      if sp.get("role") == "target" and sp.get("domain") == tgt and sp.get("kind") == "test"), None)
+        split = target_test_split(report, tgt)  # the run's own target, or one scored before
         own = split == "target_test"  # the run's unlabelled text is this target's: its own label-free record applies
         extra = []
         if split is None:

@@ -36,8 +36,7 @@ def _predictions(run: RunDir, split: str) -> dict[str, dict]:
     return {str(r["id"]): r for r in read_jsonl(path)} if path.exists() else {}
 
 
-def run_row(run: RunDir) -> dict:
-    r = load_report(run)
+def run_row(run: RunDir, r: dict) -> dict:
     s, m = r["summary"], r["model"]
     return {"run": str(run.root), "name": r.get("name"), "method": r["method"], "model": m["name_or_path"],
             "finetune": m["finetune"], "params_trainable": m["params_trainable"],
@@ -65,16 +64,16 @@ def paired_tests(base: RunDir, other: RunDir, labels: list[str], splits: list[st
     return out
 
 
-def seed_agreement(runs: list[RunDir]) -> list[dict | None]:
+def seed_agreement(runs: list[RunDir], reports: list[dict]) -> list[dict | None]:
     """Per run: how often it predicts the class its other seeds predict on the target's unlabelled sample
     (`adapt.evaluation.agreement`), with how many seeds it was compared with; None without another seed of its
     setting among `runs`, or without the predictions file (runs from before it was written, `report.predictions`
     off)."""
     groups: dict[str, dict[int, dict[str, str]]] = {}
-    for i, run in enumerate(runs):
+    for i, (run, report) in enumerate(zip(runs, reports)):
         preds = {k: r["pred"] for k, r in _predictions(run, UNLABELED_PREDICTIONS).items()}
         if preds:
-            groups.setdefault(setting_key(load_report(run)["recipe"]), {})[i] = preds
+            groups.setdefault(setting_key(report["recipe"]), {})[i] = preds
     out: list[dict | None] = [None] * len(runs)
     for members in groups.values():
         for i, value in agreement_with_others(members).items():
@@ -85,14 +84,15 @@ def seed_agreement(runs: list[RunDir]) -> list[dict | None]:
 
 def compare_runs(paths: list[Path]) -> dict:
     runs = [RunDir(p) for p in paths]
-    rows = [run_row(r) for r in runs]
+    reports = [load_report(r) for r in runs]
+    rows = [run_row(r, report) for r, report in zip(runs, reports)]
     base = rows[0]
     for run, row in zip(runs[1:], rows[1:]):
         if row["labels"] != base["labels"]:
             raise AdaptError(f"{run.root} has labels {row['labels']}, the first run {base['labels']}: not comparable")
         shared = [s for s in row["test_splits"] if s in base["test_splits"]]
         row["vs_first"] = paired_tests(runs[0], run, base["labels"], shared)
-    for row, agree in zip(rows, seed_agreement(runs)):
+    for row, agree in zip(rows, seed_agreement(runs, reports)):
         row["seed_agreement"] = agree
     return {"runs": rows}
 
