@@ -40,9 +40,12 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -57,6 +60,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SCREEN_PAIRS = ["B:K", "D:E", "E:B", "K:D"]
 METHODS = ["source_only", "dapt", "tapt", "udalm", "dann", "self_training"]
 MLM_SHARED = ("dapt", "udalm")  # MLM on target text only: one phase per (target, seed)
+# With --jobs > 1 the three pairs of a target would all start its MLM phase at once and each do it; the first takes
+# the (target, seed) lock and the others wait for its mlm/ folder. (defaultdict's C-level insert holds the GIL.)
+MLM_LOCKS: defaultdict[tuple[str, int], threading.Lock] = defaultdict(threading.Lock)
 RECIPE = ROOT / "recipes" / "amazon.yaml"
 
 
@@ -217,12 +223,15 @@ def run_method(args, name: str, pair: str, seed: int) -> None:
     overrides = [*pair_overrides(src, tgt, args), f"method.name={method}", f"seed={seed}", *stage,
                  *for_method(args.overrides, method)]
     shareable = not any(o.startswith(("method.mlm.include_source=true", "method.mlm.checkpoint")) for o in args.overrides)
-    if method in MLM_SHARED and shareable:
-        ckpt = mlm_checkpoint(args, tgt, seed, overrides)
-        if ckpt is not None:  # its own MLM settings (which matched) are in its mlm.json
-            overrides = [o for o in overrides if not o.startswith("method.mlm.")] + [f"method.mlm.checkpoint={ckpt}"]
-            extra["mlm_from"] = str(ckpt)
-    report = run_training(RECIPE, overrides, run_dir(args, name, pair, seed), env=env(args))
+    sharing = method in MLM_SHARED and shareable
+    with MLM_LOCKS[(tgt, seed)] if sharing else nullcontext():
+        ckpt = mlm_checkpoint(args, tgt, seed, overrides) if sharing else None
+        if ckpt is None:  # this run does its own MLM phase (if any), holding the lock while it trains
+            report = run_training(RECIPE, overrides, run_dir(args, name, pair, seed), env=env(args))
+    if ckpt is not None:  # its own MLM settings (which matched) are in its mlm.json
+        overrides = [o for o in overrides if not o.startswith("method.mlm.")] + [f"method.mlm.checkpoint={ckpt}"]
+        extra["mlm_from"] = str(ckpt)
+        report = run_training(RECIPE, overrides, run_dir(args, name, pair, seed), env=env(args))
     rec = pair_record(report, name, pair, seed, "target_test", args, extra)
     rec["method_summary"] = report.get("method_summary", {})
     for key in ("label_free", "alarms"):  # label-free criteria of the final model (no target labels)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -223,6 +224,47 @@ def test_rescore_adds_new_criteria_from_the_finished_runs_and_keeps_the_old_ones
     calls.clear()
     assert rescore.main() == 0 and calls == []  # complete: nothing evaluated again
     assert "nothing to add" in capsys.readouterr().out
+
+
+def test_benchmark_pairs_of_one_target_share_its_mlm_phase_when_run_side_by_side(tmp_path, monkeypatch):
+    """With --jobs > 1 the three dapt pairs of a target start together; one does the target's MLM phase and the
+    others wait for its mlm/ folder instead of repeating the phase (another target's pairs don't wait)."""
+    import threading
+    import time
+
+    bench = _load_benchmark()
+    args = argparse.Namespace(out=tmp_path / "out", work=tmp_path / "work", variant=None, test_dir=None,
+                              unlabeled="train", data_dir=tmp_path, overrides=[])
+    mlm = {"steps": 300, "probability": 0.15, "include_source": False, "lr": 1e-4, "checkpoint": None}
+    calls, running, most = [], [0], [0]
+    guard = threading.Lock()
+
+    def fake_training(recipe, overrides, rd, env):
+        own_phase = not any(o.startswith("method.mlm.checkpoint=") for o in overrides)
+        with guard:
+            calls.append((rd.name, own_phase))
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.3)  # long enough for the other threads to have looked for a checkpoint
+        if own_phase:
+            (rd / "mlm").mkdir(parents=True)
+            (rd / "mlm" / "mlm.json").write_text(json.dumps({"mlm": mlm}))
+        with guard:
+            running[0] -= 1
+        split = {"accuracy": 0.9, "macro_f1": 0.9}
+        return {"method": "dapt", "recipe": {"output_dir": str(rd)}, "summary": {},
+                "splits": {"target_test": split, "source_test": split},
+                "timing": {"train_seconds": 1, "wall_seconds": 1}, "training": {"optimizer_steps": 1},
+                "environment": {"device": "cpu", "git_commit": "x"}}
+
+    monkeypatch.setattr(bench, "run_training", fake_training)
+    tasks = [(p, partial(bench.run_method, args, "dapt", p, 1)) for p in ("B:K", "D:K", "E:K", "K:B")]
+    assert bench.execute(tasks, jobs=4) == []
+    own = sorted(name for name, own_phase in calls if own_phase)
+    assert len(calls) == 4 and len(own) == 2 and own[1] == "K-B.seed1"  # one per target: kitchen's and books'
+    assert most[0] >= 2  # books' pair did not wait for kitchen's phase
+    reused = [json.loads(bench.result_path(args, "dapt", p, 1).read_text()).get("mlm_from") for p in ("B:K", "D:K", "E:K")]
+    assert sorted(map(str, reused)).count("None") == 1 and len({r for r in reused if r}) == 1
 
 
 def test_benchmark_execute_reports_a_failed_run_and_goes_on(capsys):
