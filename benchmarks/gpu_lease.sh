@@ -79,14 +79,16 @@ sweep() {
     local B="python3 benchmarks/amazon_pairs.py --data-dir $DATA --pairs $PAIRS --resume --work $WORK --out $RESULTS"
     local T="-- train.cpu_threads=1 ${EXTRA:-}"  # EXTRA: overrides for a rehearsal (e.g. a tiny model)
     # Two chains side by side keep the GPU busy across each chain's waves; within a chain a line waits for the last.
-    # The first lease (812ac25) ran source_only, self_training, self_training+ema_soft and distill (seeds 1-3) and
-    # most of distill+half; what is left, most needed first (docs/benchmarks.md, the issue-12 section's lease order):
-    # A: the last registered candidate, the DAPT -> self-training stack (two stages, the dearest).
-    # B: the 4th and 5th seeds of source-only and of both self-training settings (the choice reads seeds 1-3 only;
-    #    these make the 5 seeds the recommended-recipe bars ask for, whichever self-training setting is chosen).
+    # Lease 1 (812ac25) ran source_only, self_training, self_training+ema_soft and distill (seeds 1-3) and most of
+    # distill+half. Lease 2, most needed first (docs/benchmarks.md, the issue-12 section's lease order):
+    # A: the last registered candidate, the DAPT -> self-training stack, seeds 1-3 (the choice reads these).
+    # B: seeds 4-5 of source-only, then of the stack: the rule can only choose the stack or the student now (the two
+    #    self-training settings' source dev means are below the student's, choice.json), and the student's seeds
+    #    4-5 need its teachers trained again. Then seeds 4-5 of both self-training settings, if time is left.
     setsid bash -c "$B --jobs 10 --seeds 1,2,3 --methods 'dapt,dapt>self_training' $T" > $OUT/chain_a.log 2>&1 &
     local A=$!
-    setsid bash -c "$B --jobs 8 --seeds 4,5 --methods source_only,self_training $T;
+    setsid bash -c "$B --jobs 8 --seeds 4,5 --methods 'source_only,dapt,dapt>self_training' $T;
+        $B --jobs 8 --seeds 4,5 --methods self_training $T;
         $B --jobs 8 --seeds 4,5 --methods self_training --variant ema_soft $T method.self_training.ema_decay=0.999 method.self_training.labels=soft" \
         > $OUT/chain_b.log 2>&1 &
     local Bp=$!
