@@ -47,6 +47,19 @@ def test_sweep_runs_resumes_and_validates_first(tiny_recipe, tmp_path, capsys):
     assert main([str(tiny_recipe), "train.epochs=1", "--grid", "seed=0,1,2", "--out", str(out), "--resume"]) == 0
     assert len(list((out / "results").glob("*.json"))) == 3 and results[0].stat().st_mtime_ns == before
 
+    # A sweep stopped after a run finished but before its result file was written: the run is recorded, not
+    # trained again; a finished run of another recipe in its folder is left alone (adapt.train refuses it).
+    finished = out / "runs" / "seed-2" / "report.json"
+    trained = finished.stat().st_mtime_ns
+    (out / "results" / "seed-2.json").unlink()
+    assert main([str(tiny_recipe), "train.epochs=1", "--grid", "seed=0,1,2", "--out", str(out), "--resume"]) == 0
+    assert json.loads((out / "results" / "seed-2.json").read_text())["overrides"] == ["seed=2"]
+    assert finished.stat().st_mtime_ns == trained
+    (out / "results" / "seed-2.json").unlink()
+    assert main([str(tiny_recipe), "train.epochs=2", "--grid", "seed=0,1,2", "--out", str(out), "--resume"]) != 0
+    assert "already holds a finished run" in capsys.readouterr().out + (out / "runs" / "seed-2.log").read_text()
+    assert finished.stat().st_mtime_ns == trained
+
     # Every combination is checked before anything trains.
     assert main([str(tiny_recipe), "--grid", "method.name=source_only,no_such", "--out", str(tmp_path / "bad")]) == 2
     assert "unknown method" in capsys.readouterr().err and not (tmp_path / "bad").exists()

@@ -19,7 +19,7 @@ from pathlib import Path
 from adapt.core.errors import AdaptError
 from adapt.core.fileio import atomic_write_json, atomic_write_text
 from adapt.core.formatting import pct
-from adapt.recipe import load_recipe
+from adapt.recipe import load_recipe, recipe_to_dict
 
 
 def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
@@ -83,9 +83,16 @@ def train_command(launcher: str | None, recipe: Path, overrides: list[str]) -> l
 def run_training(recipe: Path, overrides: list[str], run_dir: Path, launcher: str | None = None,
                  env: dict | None = None, log: Path | None = None) -> dict:
     """Train one combination into `run_dir` (continuing its checkpoint if a previous attempt was stopped) and
-    return its report. Output goes to `log` (default `<run_dir>.log`)."""
+    return its report; a run already finished there with the same recipe is not trained again. Output goes to `log` (default `<run_dir>.log`)."""
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    cmd = train_command(launcher, recipe, [*overrides, f"output_dir={run_dir}", "train.resume=auto"])
+    overrides = [*overrides, f"output_dir={run_dir}", "train.resume=auto"]
+    finished = run_dir / "report.json"
+    if finished.exists():  # a sweep stopped after the run had finished but before its result file was written
+        report = json.loads(finished.read_text())
+        if report.get("recipe") == recipe_to_dict(load_recipe(recipe, overrides)):
+            return report
+        # Another recipe's finished run: adapt.train refuses to overwrite it, with its message.
+    cmd = train_command(launcher, recipe, overrides)
     log = log or run_dir.with_name(run_dir.name + ".log")
     with open(log, "w") as fh:
         done = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
