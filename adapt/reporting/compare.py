@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -221,7 +222,8 @@ def heatmap(rows: dict, path: Path) -> None:
         ax.set_ylabel("source")
         ax.set_title(method, fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
+    # One name per process: two sweeps writing the same table at once each replace the figure whole.
+    tmp = path.with_name(f"{path.stem}.tmp-{os.getpid()}.png")
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     tmp.replace(path)
