@@ -89,9 +89,11 @@ def render(rows: list[dict]) -> str:
         gain = "" if row["gain"] is None else f"{100 * row['gain']:+.1f}"
         cells = []
         for r in row["rounds"]:
+            if not r["kept"]:  # no candidate passed the threshold: the round trained on the source only
+                cells.append("0 / – / –")
+                continue
             worst = min((c["right"] / c["kept"], name) for name, c in r["per_class"].items() if c["kept"])
-            acc = "" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}"
-            cells.append(f"{r['kept']} / {acc} / {100 * worst[0]:.1f} ({worst[1]})")
+            cells.append(f"{r['kept']} / {100 * r['accuracy']:.1f} / {100 * worst[0]:.1f} ({worst[1]})")
         lines.append(f"| {row['method']} | {row['pair']} | {row['seed']} | {100 * row['target_accuracy']:.1f} | {gain} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines)

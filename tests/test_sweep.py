@@ -508,7 +508,8 @@ def test_pseudo_label_quality_reads_each_rounds_rows_against_the_withheld_labels
     (run / "recipe.yaml").write_text(f"data:\n  source:\n    train: {pool}\n    test: {pool}\n"
                                      f"  target:\n    unlabeled: {pool}\n    test: {pool}\n")
     (run / "report.json").write_text(json.dumps({"labels": ["negative", "positive"]}))
-    rounds = {1: ([0, 1, 3], [0, 1, 1]), 2: ([0, 1, 2, 3, 4, 5], [0, 1, 1, 0, 1, 1])}  # 2 of 3 right; 5 of 6 right
+    # 2 of 3 right; 5 of 6 right; none kept (no candidate passed the threshold)
+    rounds = {1: ([0, 1, 3], [0, 1, 1]), 2: ([0, 1, 2, 3, 4, 5], [0, 1, 1, 0, 1, 1]), 3: ([], [])}
     for k, (rows, labels) in rounds.items():
         (run / "pseudo_labels" / f"round{k}.json").write_text(json.dumps({"round": k, "candidates": 6, "rows": rows,
                                                                           "labels": labels}))
@@ -519,9 +520,11 @@ def test_pseudo_label_quality_reads_each_rounds_rows_against_the_withheld_labels
                                                                     "run_dir": str(rd)}))
     [row] = pl.analyse(results, ["self_training"])
     assert row["gain"] == pytest.approx(0.05)
-    r1, r2 = row["rounds"]
+    r1, r2, r3 = row["rounds"]
     assert (r1["round"], r1["kept"], r1["right"]) == (1, 3, 2) and r1["accuracy"] == pytest.approx(2 / 3)
     assert r1["per_class"] == {"negative": {"kept": 1, "right": 1, "in_pool": 3},
                                "positive": {"kept": 2, "right": 1, "in_pool": 3}}
     assert (r2["kept"], r2["right"]) == (6, 5) and r2["per_class"]["positive"] == {"kept": 4, "right": 3, "in_pool": 3}
-    assert "| self_training | B:D | 1 | 90.0 | +5.0 | 3 / 66.7 / 50.0 (positive) | 6 / 83.3 / 75.0 (positive) |" in pl.render([row])
+    assert (r3["kept"], r3["accuracy"]) == (0, None)
+    assert ("| self_training | B:D | 1 | 90.0 | +5.0 | 3 / 66.7 / 50.0 (positive) | 6 / 83.3 / 75.0 (positive) "
+            "| 0 / – / – |") in pl.render([row])
