@@ -335,8 +335,10 @@ def _student_speed(ctx: MethodContext, info: dict) -> dict | None:
     if not ctx.run.model.is_dir() or not PartialState().is_main_process:
         return None
     texts, _ = _texts(ctx, info["texts"])
-    device = next(classifier_of(ctx.model).parameters()).device
-    batch_size = info["teachers"][0]["inference"]["batch_size"]
+    # The teachers' device and batch size, as they recorded them: the student's parameters would name the same GPU
+    # with its index (`cuda:0` against the accelerator's `cuda`), another name in the report for one device.
+    timed = info["teachers"][0]["inference"]
+    device, batch_size = torch.device(timed["device"]), timed["batch_size"]
     *_, seconds = predict_timed(ctx.run.model, {"distill": texts["distill"]}, batch_size, device)
     return speed(len(texts["distill"]), batch_size, seconds, device)
 
