@@ -370,6 +370,11 @@ def test_teacher_chooses_sharpened_curriculum_pseudo_labels(tiny_recipe, tiny_da
            "kept_per_class": [5, 5], "predicted_per_class": [20, 20]}
     assert report_lines({"rounds": [old]})[0] == ("- round 1: 10 pseudo-labels kept of 40 (threshold 0.9; confident per "
                                                   "class [6, 5], kept per class [5, 5], predicted per class [20, 20])")
+    # A round that kept nothing because one class had no confident prediction says why, and what keeps some.
+    empty = {**old, "round": 2, "kept": 0, "confident_per_class": [0, 7], "kept_per_class": [0, 0]}
+    lines = report_lines({"rounds": [old, empty]})
+    assert len(lines) == 4 and lines[1].startswith("- round 2: 0 pseudo-labels kept of 40") and lines[3] == ""
+    assert "Round 2 kept none: no text predicted as class 0" in lines[2] and "curriculum: true" in lines[2]
 
 
 def test_teacher_resumes_bit_for_bit(tiny_recipe, tiny_data, tmp_path, monkeypatch, teacher_spy):

@@ -93,9 +93,18 @@ def _settings(r: dict) -> str:
 
 def report_lines(summary: dict) -> list[str]:
     """One line per round: how many pseudo-labels were kept, from what, and how."""
-    lines = [f"- round {r['round']}: {r['kept']} pseudo-labels kept of {r['candidates']} ({_settings(r)}; "
-             f"confident per class {r['confident_per_class']}, kept per class {r['kept_per_class']}, predicted per "
-             f"class {r['predicted_per_class']})" for r in summary.get("rounds", [])]
+    lines = []
+    for r in summary.get("rounds", []):
+        lines.append(f"- round {r['round']}: {r['kept']} pseudo-labels kept of {r['candidates']} ({_settings(r)}; "
+                     f"confident per class {r['confident_per_class']}, kept per class {r['kept_per_class']}, "
+                     f"predicted per class {r['predicted_per_class']})")
+        if r["kept"] == 0 and r["candidates"] and 0 in r["confident_per_class"]:
+            # Seen on the Amazon sweep (B->K, seed 4): 165 confident positives, no confident negative, so nothing.
+            empty = ", ".join(str(i) for i, n in enumerate(r["confident_per_class"]) if n == 0)
+            lines.append(f"  Round {r['round']} kept none: no text predicted as class {empty} (in `data.label_names` "
+                         "order) was confident enough, and class balance keeps as many of each class as the rarest "
+                         "has, so the round trained on the source alone. A lower `method.self_training.threshold`, "
+                         "or `curriculum: true` (a share of each class's own predictions), keeps some.")
     return [*lines, ""] if lines else []
 
 
