@@ -89,7 +89,7 @@ def render(rows: list[dict]) -> str:
         gain = "" if row["gain"] is None else f"{100 * row['gain']:+.1f}"
         cells = []
         for r in row["rounds"]:
-            if not r["kept"]:  # no candidate passed the threshold: the round trained on the source only
+            if not r["kept"]:  # nothing kept (e.g. one class had no confident prediction): source only this round
                 cells.append("0 / – / –")
                 continue
             worst = min((c["right"] / c["kept"], name) for name, c in r["per_class"].items() if c["kept"])

@@ -80,7 +80,8 @@ sweep() {
     local T="-- train.cpu_threads=1 ${EXTRA:-}"  # EXTRA: overrides for a rehearsal (e.g. a tiny model)
     # Two chains side by side keep the GPU busy across each chain's waves; within a chain a line waits for the last.
     # Lease 1 (812ac25) ran source_only, self_training, self_training+ema_soft and distill (seeds 1-3) and most of
-    # distill+half. Lease 2, most needed first (docs/benchmarks.md, the issue-12 section's lease order):
+    # distill+half. Lease 2 (43dc859) ran the chains below, all but ema_soft's seeds 4-5; a next lease replaces them
+    # with what is left (docs/benchmarks.md, the issue-12 section's lease order). Lease 2's, most needed first:
     # A: the last registered candidate, the DAPT -> self-training stack, seeds 1-3 (the choice reads these).
     # B: seeds 4-5 of source-only, then of the stack: the rule can only choose the stack or the student now (the two
     #    self-training settings' source dev means are below the student's, choice.json), and the student's seeds

@@ -83,7 +83,8 @@ def train_command(launcher: str | None, recipe: Path, overrides: list[str]) -> l
 def run_training(recipe: Path, overrides: list[str], run_dir: Path, launcher: str | None = None,
                  env: dict | None = None, log: Path | None = None) -> dict:
     """Train one combination into `run_dir` (continuing its checkpoint if a previous attempt was stopped) and
-    return its report; a run already finished there with the same recipe is not trained again. Output goes to `log` (default `<run_dir>.log`)."""
+    return its report; a run already finished there with the same recipe is not trained again. Output goes to `log`
+    (default `<run_dir>.log`)."""
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     overrides = [*overrides, f"output_dir={run_dir}", "train.resume=auto"]
     finished = run_dir / "report.json"
