@@ -16,7 +16,8 @@ to `predictions/NAME.jsonl`. `--diagnostics` recomputes `diagnostics.json`.
 computes the model's label-free criteria (`adapt/evaluation/label_free.py`) on unlabelled text it never saw, as the
 run computed them on its own target (the same sample size and seed, its source dev split and training prior), into
 report.json's `label_free_on.NAME`, with a warning when its predictions there collapse onto one class: how a model
-trained for one domain would fare on another, without that domain's labels.
+trained for one domain would fare on another, without that domain's labels. The predicted classes of that sample go
+to `predictions/unlabeled_NAME.jsonl`, where `adapt compare` measures how often seeds of one setting agree on it.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import pytest
 
 from adapt import load_recipe
 from adapt.core.errors import RecipeError
+from adapt.core.fileio import read_jsonl
 from adapt.evaluation.label_free import (
     CRITERIA,
     LABELLED_SELECTION,
@@ -264,6 +265,11 @@ def test_evaluate_on_unlabelled_text_reproduces_the_runs_own_criteria_and_scores
     md = (out / "report.md").read_text()
     assert "## Label-free criteria on `books`" in md and str(books) in md
     assert "label-free on books (21 texts): entropy" in capsys.readouterr().out
+    # Each text's predicted classes are kept for `adapt compare`'s seed agreement; a name that is not a plain file
+    # name is refused before anything is scored or written.
+    assert len(read_jsonl(out / "predictions" / "unlabeled_books.jsonl")) == 21
+    assert evaluate_main([str(out), "--unlabeled", f"../x={books}"]) == 2
+    assert "--unlabeled name" in capsys.readouterr().err and not (out / "x.jsonl").exists()
 
 
 def test_evaluate_refuses_a_role_for_unlabelled_text(tmp_path, capsys):

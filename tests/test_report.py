@@ -156,7 +156,27 @@ def test_compare_shows_how_often_seeds_of_one_setting_agree_on_unlabelled_target
     assert agree[2] is None
     text = compare_markdown(result)
     assert f"| {pct(by_hand)} (1) |" in text and "Seed agreement needs no target labels" in text
-    assert "Students distilled" not in text
+    assert "Students distilled" not in text and "Seed agreement on other unlabelled text" not in text
+
+    # Other unlabelled text (`adapt evaluate --unlabeled`): each run writes its predictions there too, and compare
+    # measures the seeds' agreement on it, per text name.
+    from adapt.evaluate_run import main as evaluate_main
+
+    books = tmp_path / "books.jsonl"
+    books.write_text("".join(json.dumps({"id": f"b{i}", "text": f"a book review, number {i}, quite good"}) + "\n"
+                             for i in range(30)))
+    for rd in (finished_run, seed2):
+        assert evaluate_main([str(rd), "--unlabeled", f"books={books}", "--domain", "books"]) == 0
+    on = [{row["id"]: row["pred"] for row in read_jsonl(rd / "predictions" / "unlabeled_books.jsonl")}
+          for rd in (finished_run, seed2)]
+    assert len(on[0]) == 30 and on[0].keys() == on[1].keys()
+    books_by_hand = np.mean([on[0][i] == on[1][i] for i in on[0]])
+    result = compare_runs([finished_run, seed2, other])
+    assert [r.get("seed_agreement_on") for r in result["runs"]] == \
+        [{"books": {"agreement": pytest.approx(books_by_hand), "seeds_compared": 1}}] * 2 + [None]
+    text = compare_markdown(result)
+    assert "Seed agreement on other unlabelled text" in text
+    assert f"- {finished_run.name}: `books` {pct(books_by_hand)} (1)" in text
 
 
 def test_compare_runs_paired_on_shared_examples(finished_run, tiny_recipe, tmp_path, capsys):

@@ -8,9 +8,11 @@ where the seeds train independently. Students of one teacher copy it and agree w
 them among the candidates, choosing by agreement did worse than choosing on the source dev split.
 
 Each run writes its final model's predictions on the label-free sample of the target text to
-`predictions/target_unlabeled.jsonl` (id, predicted class, probabilities; see `score_label_free`). The sample is
+`predictions/target_unlabeled.jsonl` (id, predicted class, probabilities; see `score_label_free`), and `adapt
+evaluate --unlabeled NAME=PATH` writes the same for other text to `predictions/unlabeled_NAME.jsonl`. The sample is
 drawn with the run's seed, so two seeds share most of their texts but not all; agreement is measured on the ids
-both have.
+both have. On the benchmark its correlation with accuracy came mostly from ranking pairs, not the runs of one
+pair: it says more about which domain a setting transfers to than about which of two close settings is better.
 """
 
 from __future__ import annotations
@@ -21,6 +23,12 @@ from collections.abc import Hashable, Mapping
 import numpy as np
 
 UNLABELED_PREDICTIONS = "target_unlabeled"  # predictions/<this>.jsonl: the final model on the label-free sample
+
+
+def unlabeled_predictions(name: str | None = None) -> str:
+    """The predictions file (under `predictions/`, without `.jsonl`) of a run's final model on unlabelled text: its
+    own target's label-free sample, or the text `adapt evaluate --unlabeled NAME=PATH` scored (`name`)."""
+    return UNLABELED_PREDICTIONS if name is None else f"unlabeled_{name}"
 
 # Recipe entries that may differ between the seeds of one setting. A stack's seeds each start from their own
 # first-stage run, so `model.init_from` only counts as set or not.

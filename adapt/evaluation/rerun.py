@@ -10,6 +10,7 @@ from adapt.core.errors import AdaptError
 from adapt.core.rundir import RunDir, name_problem
 from adapt.data.features import Collator, tokenize, tokenize_splits
 from adapt.data.splits import load_extra_split, load_splits, load_unlabeled_split
+from adapt.evaluation.agreement import unlabeled_predictions
 from adapt.evaluation.diagnostics import write_diagnostics
 from adapt.evaluation.scoring import evaluate_all, label_free_probe, score_label_free, score_split
 from adapt.model.saving import load_saved_model
@@ -24,7 +25,8 @@ def evaluate_run(run_dir: Path, tests: list[dict], diagnostics: bool = False, un
     label-free criteria on each `unlabeled` text, and recompute diagnostics.json when asked; returns the updated
     report."""
     bad = [problem for t in tests if (problem := name_problem(t["name"], "--test name"))]
-    if bad:  # a split's name becomes predictions/<name>.jsonl: `../../x` would write outside the run
+    bad += [problem for u in unlabeled if (problem := name_problem(u["name"], "--unlabeled name"))]
+    if bad:  # a name becomes predictions/<name>.jsonl (unlabeled_<name>): `../../x` would write outside the run
         raise AdaptError("; ".join(bad))
     run = RunDir(run_dir)
     report = load_report(run)
@@ -54,7 +56,8 @@ def evaluate_run(run_dir: Path, tests: list[dict], diagnostics: bool = False, un
             report["splits"].update(_score(accelerator, model, splits, tokenized, labels, recipe, run, collate,
                                            extra=bool(tests)))
         if unlabeled:
-            on = _label_free_on(unlabeled, recipe, labels, accelerator, model, tokenizer, collate)
+            keep = run.predictions if recipe.report.predictions else None
+            on = _label_free_on(unlabeled, recipe, labels, accelerator, model, tokenizer, collate, keep)
             report["label_free_on"] = {**report.get("label_free_on", {}), **on}
         if diagnostics and accelerator.is_main_process:
             _diagnostics(run, recipe, report, accelerator.unwrap_model(model), tokenizer, accelerator)
@@ -66,11 +69,14 @@ def evaluate_run(run_dir: Path, tests: list[dict], diagnostics: bool = False, un
         shutdown(accelerator)
 
 
-def _label_free_on(unlabeled: list[dict], recipe, labels: list[str], accelerator, model, tokenizer, collate) -> dict:
+def _label_free_on(unlabeled: list[dict], recipe, labels: list[str], accelerator, model, tokenizer, collate,
+                   predictions: Path | None) -> dict:
     """The label-free criteria of the saved model on each unlabelled text it never saw, computed as the run computed its
     own: a sample of `eval.label_free_examples` texts drawn with the run's seed, the run's source dev split (DEV) and
     its source training prior (class balance, the collapse alarm). The run's own unlabelled target file gives the run's
-    own record. The run's splits are read and its source dev split tokenised once for all texts."""
+    own record. The run's splits are read and its source dev split tokenised once for all texts. With `predictions`
+    (a folder), each sample's predicted classes go to `unlabeled_<name>.jsonl` there, for `adapt compare`'s seed
+    agreement."""
     own = load_splits(recipe)[0]
     source_dev = tokenize_splits({"source_dev": own["source_dev"]}, tokenizer, recipe, accelerator)
     out = {}
@@ -79,7 +85,8 @@ def _label_free_on(unlabeled: list[dict], recipe, labels: list[str], accelerator
         splits = {"source_train": own["source_train"], "source_dev": own["source_dev"], "target_unlabeled": split}
         tokenized = {**source_dev, **tokenize_splits({"target_unlabeled": split}, tokenizer, recipe, accelerator)}
         probe = label_free_probe(splits, tokenized, labels, recipe.eval.label_free_examples, recipe.seed)
-        record = score_label_free(accelerator, model, probe, recipe.eval.batch_size, collate)
+        keep = predictions / f"{unlabeled_predictions(u['name'])}.jsonl" if predictions else None
+        record = score_label_free(accelerator, model, probe, recipe.eval.batch_size, collate, predictions=keep)
         out[u["name"]] = {**record, "source": u["path"], "domain": split.domain}
     return out
 

@@ -299,7 +299,8 @@ class EvalConfig:
 @dataclass(frozen=True)
 class ReportConfig:
     predictions: bool = option(True, "Write `predictions/<split>.jsonl` (id, label, pred, probs), and "
-                               "`predictions/target_unlabeled.jsonl` for the label-free target sample (no label).")
+                               "`predictions/target_unlabeled.jsonl` for the label-free target sample (no label; "
+                               "`unlabeled_NAME.jsonl` for text given to `adapt evaluate --unlabeled NAME=PATH`).")
     log_every_steps: int = option(10, "Write a `train_log.jsonl` line every N optimizer steps.")
     trackers: list[str] = option(
         None, "Experiment trackers through Accelerate, logging under `<run>/trackers/`: tensorboard (works offline), "

@@ -23,7 +23,7 @@ from adapt.core.errors import AdaptError
 from adapt.core.fileio import atomic_write_json, atomic_write_text, read_jsonl
 from adapt.core.formatting import pct, signed_points
 from adapt.core.rundir import RunDir
-from adapt.evaluation.agreement import UNLABELED_PREDICTIONS, agreement_with_others, setting_key
+from adapt.evaluation.agreement import agreement_with_others, setting_key, unlabeled_predictions
 from adapt.evaluation.metrics import paired_bootstrap
 from adapt.reporting.report import load_report
 from adapt.reporting.templating import render_template
@@ -65,14 +65,14 @@ def paired_tests(base: RunDir, other: RunDir, labels: list[str], splits: list[st
     return out
 
 
-def seed_agreement(runs: list[RunDir], reports: list[dict]) -> list[dict | None]:
-    """Per run: how often it predicts the class its other seeds predict on the target's unlabelled sample
-    (`adapt.evaluation.agreement`), with how many seeds it was compared with; None without another seed of its
-    setting among `runs`, or without the predictions file (runs from before it was written, `report.predictions`
-    off)."""
+def seed_agreement(runs: list[RunDir], reports: list[dict], name: str | None = None) -> list[dict | None]:
+    """Per run: how often it predicts the class its other seeds predict on the target's unlabelled sample, or on the
+    unlabelled text `name` that `adapt evaluate --unlabeled` scored (`adapt.evaluation.agreement`), with how many
+    seeds it was compared with; None without another seed of its setting among `runs`, or without the predictions
+    file (runs from before it was written, `report.predictions` off)."""
     groups: dict[str, dict[int, dict[str, str]]] = {}
     for i, (run, report) in enumerate(zip(runs, reports)):
-        preds = {k: r["pred"] for k, r in _predictions(run, UNLABELED_PREDICTIONS).items()}
+        preds = {k: r["pred"] for k, r in _predictions(run, unlabeled_predictions(name)).items()}
         if preds:
             groups.setdefault(setting_key(report["recipe"]), {})[i] = preds
     out: list[dict | None] = [None] * len(runs)
@@ -95,6 +95,10 @@ def compare_runs(paths: list[Path]) -> dict:
         row["vs_first"] = paired_tests(runs[0], run, base["labels"], shared)
     for row, agree in zip(rows, seed_agreement(runs, reports)):
         row["seed_agreement"] = agree
+    for name in sorted({n for report in reports for n in report.get("label_free_on", {})}):
+        for row, agree in zip(rows, seed_agreement(runs, reports, name)):
+            if agree is not None:
+                row.setdefault("seed_agreement_on", {})[name] = agree
     return {"runs": rows}
 
 
@@ -114,7 +118,9 @@ def compare_markdown(result: dict) -> str:
              "vs_first": "(first)" if i == 0 else _diff(r.get("vs_first", {}).get("target_test"), "accuracy"),
              "seed_agreement": (f"{pct(r['seed_agreement']['agreement'])} ({r['seed_agreement']['seeds_compared']})"
                                 if r.get("seed_agreement") else "–"),
-             "student": r["method"] == "distill"}
+             "student": r["method"] == "distill",
+             "agreement_on": ", ".join(f"`{n}` {pct(a['agreement'])} ({a['seeds_compared']})"
+                                       for n, a in r.get("seed_agreement_on", {}).items())}
             for i, r in enumerate(runs)]
     tests = [{"name": Path(r["run"]).name, "split": split, "shared_examples": t["shared_examples"],
               "accuracy": _diff(t, "accuracy"), "macro_f1": _diff(t, "macro_f1")}
