@@ -106,3 +106,5 @@ python benchmarks/amazon_label_free.py --results $R \
 python benchmarks/amazon_label_free.py --results $R --methods dapt,dapt-then-self_training --out $R/label_free_lease2_methods.json
 python benchmarks/amazon_pseudo_labels.py --results $R --data-dir ../shared/data/amazon_multidomain \
     --methods self_training,self_training+ema_soft,dapt-then-self_training --out $R/pseudo_labels.json
+# Source-only models only (12 pairs x 5 seeds): does seed agreement tell which target a source model carries to?
+python benchmarks/amazon_label_free.py --results $R --methods source_only --out $R/label_free_source_only.json
