@@ -10,8 +10,8 @@ them among the candidates, choosing by agreement did worse than choosing on the 
 Each run writes its final model's predictions on the label-free sample of the target text to
 `predictions/target_unlabeled.jsonl` (id, predicted class, probabilities; see `score_label_free`), and `adapt
 evaluate --unlabeled NAME=PATH` writes the same for other text to `predictions/unlabeled_NAME.jsonl`. The sample is
-drawn with the run's seed, so two seeds share most of their texts but not all; agreement is measured on the ids
-both have. On the benchmark its correlation with accuracy came mostly from ranking pairs, not the runs of one
+drawn with the run's seed, so when the text has more rows than `eval.label_free_examples` two seeds' samples
+overlap only in part; agreement is measured on the ids both have. On the benchmark its correlation with accuracy came mostly from ranking pairs, not the runs of one
 pair: it says more about which domain a setting transfers to than about which of two close settings is better.
 """
 
@@ -29,6 +29,7 @@ def unlabeled_predictions(name: str | None = None) -> str:
     """The predictions file (under `predictions/`, without `.jsonl`) of a run's final model on unlabelled text: its
     own target's label-free sample, or the text `adapt evaluate --unlabeled NAME=PATH` scored (`name`)."""
     return UNLABELED_PREDICTIONS if name is None else f"unlabeled_{name}"
+
 
 # Recipe entries that may differ between the seeds of one setting. A stack's seeds each start from their own
 # first-stage run, so `model.init_from` only counts as set or not.
