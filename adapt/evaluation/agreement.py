@@ -11,8 +11,9 @@ Each run writes its final model's predictions on the label-free sample of the ta
 `predictions/target_unlabeled.jsonl` (id, predicted class, probabilities; see `score_label_free`), and `adapt
 evaluate --unlabeled NAME=PATH` writes the same for other text to `predictions/unlabeled_NAME.jsonl`. The sample is
 drawn with the run's seed, so when the text has more rows than `eval.label_free_examples` two seeds' samples
-overlap only in part; agreement is measured on the ids both have. On the benchmark its correlation with accuracy came mostly from ranking pairs, not the runs of one
-pair: it says more about which domain a setting transfers to than about which of two close settings is better.
+overlap only in part; agreement is measured on the ids both have. On the benchmark its correlation with accuracy
+came mostly from ranking pairs, not the runs of one pair: it says more about which domain a setting transfers to
+than about which of two close settings is better.
 """
 
 from __future__ import annotations
