@@ -223,15 +223,15 @@ def run_method(args, name: str, pair: str, seed: int) -> None:
     overrides = [*pair_overrides(src, tgt, args), f"method.name={method}", f"seed={seed}", *stage,
                  *for_method(args.overrides, method)]
     shareable = not any(o.startswith(("method.mlm.include_source=true", "method.mlm.checkpoint")) for o in args.overrides)
-    sharing = method in MLM_SHARED and shareable
+    sharing, rd = method in MLM_SHARED and shareable, run_dir(args, name, pair, seed)
     with MLM_LOCKS[(tgt, seed)] if sharing else nullcontext():
         ckpt = mlm_checkpoint(args, tgt, seed, overrides) if sharing else None
         if ckpt is None:  # this run does its own MLM phase (if any), holding the lock while it trains
-            report = run_training(RECIPE, overrides, run_dir(args, name, pair, seed), env=env(args))
+            report = run_training(RECIPE, overrides, rd, env=env(args))
     if ckpt is not None:  # its own MLM settings (which matched) are in its mlm.json
         overrides = [o for o in overrides if not o.startswith("method.mlm.")] + [f"method.mlm.checkpoint={ckpt}"]
         extra["mlm_from"] = str(ckpt)
-        report = run_training(RECIPE, overrides, run_dir(args, name, pair, seed), env=env(args))
+        report = run_training(RECIPE, overrides, rd, env=env(args))
     rec = pair_record(report, name, pair, seed, "target_test", args, extra)
     rec["method_summary"] = report.get("method_summary", {})
     for key in ("label_free", "alarms"):  # label-free criteria of the final model (no target labels)

@@ -20,7 +20,7 @@ from adapt.core.fileio import atomic_write_text, read_jsonl, replace_dir
 from adapt.core.rundir import RunClaim, RunDir, check_output_dir, default_output_dir, plan_output_dir
 from adapt.data.features import Collator, tokenize_splits
 from adapt.data.splits import Split, load_splits
-from adapt.evaluation.agreement import UNLABELED_PREDICTIONS
+from adapt.evaluation.agreement import unlabeled_predictions
 from adapt.evaluation.diagnostics import write_diagnostics
 from adapt.evaluation.label_free import CRITERIA, LOG_KEY, logged_values
 from adapt.evaluation.scoring import LabelFreeProbe, evaluate_all, label_free_probe, score_label_free
@@ -177,7 +177,7 @@ def final_label_free(accelerator: Accelerator, model: torch.nn.Module, probe: La
         return None
     acc = logged_values(read_jsonl(run.train_log), LOG_KEY) if run.train_log.exists() else []
     return score_label_free(accelerator, model, probe, recipe.eval.batch_size, collate, acc[-max(1, len(acc) // 4):],
-                            run.predictions / f"{UNLABELED_PREDICTIONS}.jsonl" if recipe.report.predictions else None)
+                            run.predictions / f"{unlabeled_predictions()}.jsonl" if recipe.report.predictions else None)
 
 
 def selection_record(recipe: Recipe, select: str, best_value: float | None, best_step: int | None) -> dict:

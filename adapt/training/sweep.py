@@ -19,6 +19,7 @@ from pathlib import Path
 from adapt.core.errors import AdaptError
 from adapt.core.fileio import atomic_write_json, atomic_write_text
 from adapt.core.formatting import pct
+from adapt.core.rundir import RunDir
 from adapt.recipe import load_recipe, recipe_to_dict
 
 
@@ -87,9 +88,9 @@ def run_training(recipe: Path, overrides: list[str], run_dir: Path, launcher: st
     (default `<run_dir>.log`)."""
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     overrides = [*overrides, f"output_dir={run_dir}", "train.resume=auto"]
-    finished = run_dir / "report.json"
-    if finished.exists():  # a sweep stopped after the run had finished but before its result file was written
-        report = json.loads(finished.read_text())
+    finished = RunDir(run_dir)
+    if finished.is_finished():  # a sweep stopped after the run had finished but before its result file was written
+        report = json.loads(finished.report_json.read_text())
         if report.get("recipe") == recipe_to_dict(load_recipe(recipe, overrides)):
             return report
         # Another recipe's finished run: adapt.train refuses to overwrite it, with its message.
