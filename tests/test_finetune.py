@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
 import adapt.training.run
 from adapt.core.errors import AdaptError
 from adapt.model.finetune import apply_finetune
-from adapt.model.loading import load_classifier, resolve_model
+from adapt.model.loading import load_classifier, load_encoder, resolve_model
 from adapt.model.saving import load_saved_model
 from adapt.recipe import LoraSection, ModelConfig, load_recipe
 from adapt.training.run import run
@@ -147,6 +148,23 @@ def test_freeze_finetune_changes_only_the_upper_layers(tiny_recipe, tiny_model_d
     assert all(v for k, v in layer1.items() if k.endswith("weight") and "LayerNorm" not in k), layer1
     assert all(changed(initial_weights, after, "classifier.").values())
     assert report["model"]["frozen_layers"] == 1
+
+
+def test_a_half_precision_checkpoint_trains_in_float32(tiny_recipe, tiny_model_dir, tmp_path):
+    # transformers 5 loads the dtype a config records: a bf16 checkpoint would train bf16 weights, whose resolution
+    # swallows AdamW's small steps. Weights load as float32; autocast chooses the compute precision.
+    half = tmp_path / "half"
+    shutil.copytree(tiny_model_dir, half)
+    save_file({k: v.bfloat16() for k, v in load_file(str(half / "model.safetensors")).items()},
+              str(half / "model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((half / "config.json").read_text())
+    (half / "config.json").write_text(json.dumps({**config, "dtype": "bfloat16"}))
+    assert {p.dtype for p in fresh_classifier(half).parameters()} == {torch.float32}
+    assert {p.dtype for p in load_encoder(resolve_model(str(half))).parameters()} == {torch.float32}
+    out = tmp_path / "run"
+    train_run(tiny_recipe, out, [f"model.name_or_path={half}", "train.max_steps=2"])
+    assert {v.dtype for v in saved(out).values()} == {torch.float32}
+    assert {p.dtype for p in load_saved_model(out / "model").parameters()} == {torch.float32}
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -21,6 +21,12 @@ from adapt.hub.reachability import hub_reachable
 from adapt.model.families import attention_for_config
 from adapt.model.limits import EMBEDDED_NAMES, embedded_model_dir, read_model_config
 
+# Every model is loaded with float32 weights. transformers 5 keeps the dtype a checkpoint's config records, so a
+# model saved in bf16 would otherwise train in bf16, where most of AdamW's steps (about lr = 5e-5 on weights of
+# ~0.05, 1e-3 relative) are below half of bf16's resolution (2^-8) and round away. Mixed precision is autocast's
+# job (`train.mixed_precision`), on float32 master weights.
+WEIGHTS_DTYPE = torch.float32
+
 
 @dataclass(frozen=True)
 class ResolvedModel:
@@ -100,7 +106,7 @@ def load_encoder(resolved: ResolvedModel, attention: str = "auto") -> torch.nn.M
     try:
         config = AutoConfig.from_pretrained(resolved.path, local_files_only=resolved.local_only)
         return AutoModel.from_pretrained(resolved.path, config=config, local_files_only=resolved.local_only,
-                                         attn_implementation=effective_attention(attention, config, MODEL_MAPPING))
+                                         dtype=WEIGHTS_DTYPE, attn_implementation=effective_attention(attention, config, MODEL_MAPPING))
     except AdaptError:
         raise
     except Exception as err:
@@ -121,6 +127,7 @@ def load_classifier(resolved: ResolvedModel, label_names: list[str], attention: 
         try:
             model, info = AutoModelForSequenceClassification.from_pretrained(
                 resolved.path, config=config, local_files_only=resolved.local_only, output_loading_info=True,
+                dtype=WEIGHTS_DTYPE,
                 attn_implementation=effective_attention(attention, config, MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING),
             )
         finally:

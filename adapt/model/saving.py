@@ -15,6 +15,7 @@ from adapt.core.errors import AdaptError
 from adapt.hub.ids import looks_like_path
 from adapt.model.loading import (
     EMBEDDED_NAMES,
+    WEIGHTS_DTYPE,
     ResolvedModel,
     effective_attention,
     embedded_model_path,
@@ -78,17 +79,17 @@ def load_saved_model(model_dir: Path, attention: str | None = None) -> torch.nn.
     kernel, when not the model's default)."""
     config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)  # carries num_labels / id2label
     attn = effective_attention(attention, config, MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING)
-    attn = {"attn_implementation": attn} if attn else {}
+    load = {"dtype": WEIGHTS_DTYPE, **({"attn_implementation": attn} if attn else {})}
     adapter_cfg = model_dir / "adapter_config.json"
     if not adapter_cfg.exists():
-        return AutoModelForSequenceClassification.from_pretrained(str(model_dir), local_files_only=True, **attn)
+        return AutoModelForSequenceClassification.from_pretrained(str(model_dir), local_files_only=True, **load)
     from peft import PeftModel
 
     base, resolved = _adapter_base(adapter_cfg)
     with quiet_adapter_loading():
         try:
             model = AutoModelForSequenceClassification.from_pretrained(
-                resolved.path, config=config, local_files_only=resolved.local_only, **attn)
+                resolved.path, config=config, local_files_only=resolved.local_only, **load)
         except OSError as err:
             offline = resolved.local_only and not os.path.isdir(resolved.path)  # a local folder's error is its own
             raise AdaptError(
