@@ -4,6 +4,7 @@ start from before reading data or writing anything, records the chain of runs, a
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -92,6 +93,9 @@ def test_a_run_starts_from_the_init_runs_weights_not_the_pretrained_ones(first, 
     assert any(not torch.equal(pretrained[k], trained[k]) for k in trained if k.startswith("bert.encoder"))
     assert start.resolved.name_or_path == str(tiny_model_dir)  # the chain's base is recorded as the model
     assert start.record["init_from"]["base"] == str(tiny_model_dir)
+    # The weights recorded as its start are the init run's, not the pretrained ones.
+    own = hashlib.sha256((first / "model" / "model.safetensors").read_bytes()).hexdigest()
+    assert start.record["weights_sha256"] == {"model.safetensors": own}
     # The "pretrained" side of the diagnostics is where this run started: the init run's encoder.
     encoder = state(load_start_encoder(start.resolved))
     assert_same(encoder, {k[len("bert."):]: v for k, v in trained.items() if k.startswith("bert.")})

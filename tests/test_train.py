@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -18,7 +19,7 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_run_directory_and_report(tiny_recipe, tmp_path):
+def test_run_directory_and_report(tiny_recipe, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     report = run(load_recipe(tiny_recipe, [f"output_dir={out}"]))
 
@@ -38,6 +39,8 @@ def test_run_directory_and_report(tiny_recipe, tmp_path):
     assert s["source_accuracy"] >= 0.9 and s["transfer_gap"] > 0.2
     m = on_disk["model"]
     assert m["params_trainable"] == m["params_total"] > 0 and m["finetune"] == "full"
+    # The exact weights it started from.
+    assert m["weights_sha256"] == {"model.safetensors": hashlib.sha256((tiny_model_dir / "model.safetensors").read_bytes()).hexdigest()}
     env = on_disk["environment"]
     # The tiny recipe asks for fp32 (`auto` is resolved in test_precision_resolution and test_auto_precision_recorded).
     assert env["num_processes"] == 1 and env["mixed_precision"] == "no" and env["mixed_precision_source"] == "recipe"

@@ -14,6 +14,7 @@ from adapt.model.init_run import label_problem, read_init_run
 from adapt.model.loading import ResolvedModel, load_classifier, load_encoder, load_tokenizer, resolve_model
 from adapt.model.saving import load_saved_model
 from adapt.model.shrink import keep_layers, shrink_layers
+from adapt.model.weights import checkpoint_files, files_sha256
 from adapt.recipe import ModelConfig
 
 
@@ -22,7 +23,7 @@ class Start:
     model: torch.nn.Module  # the classifier, before `model.finetune`
     tokenizer: object
     resolved: ResolvedModel  # what was loaded, and how the starting point was made from it
-    record: dict  # the report's `model` entries for it: `init_from` (the chain of runs), `layers`
+    record: dict  # the report's `model` entries for it: `init_from` (the chain of runs), `layers`, `weights_sha256`
 
 
 def load_start(cfg: ModelConfig, label_names: list[str]) -> Start:
@@ -37,6 +38,9 @@ def load_start(cfg: ModelConfig, label_names: list[str]) -> Start:
         resolved = ResolvedModel(init.base, str(init.model_dir), True, init_dir=str(init.model_dir))
         model, record = load_run_classifier(init.model_dir, cfg.attention), {"init_from": init.record()}
     tokenizer = load_tokenizer(resolved)  # an init run's own (saved in its model/)
+    # The exact weights the run started from (a local folder's, a Hub model's cached files, an init run's model/).
+    if digests := files_sha256(checkpoint_files(resolved.path)):
+        record["weights_sha256"] = digests
     if cfg.num_layers is not None:
         record["layers"] = shrink_layers(model, cfg.num_layers, cfg.layer_choice)
         resolved = replace(resolved, layers=tuple(record["layers"]["kept"]))

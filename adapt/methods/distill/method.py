@@ -8,7 +8,6 @@ from the checkpoint's copy of `teacher/` instead of computing them again (the te
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -29,12 +28,12 @@ from adapt.methods.main_process import on_main_process
 from adapt.methods.source_only.method import labeled_training_data
 from adapt.model.finetune import count_parameters
 from adapt.model.heads import classifier_of, concat_batches
+from adapt.model.weights import files_sha256
 
 TEACHER_DIR = "teacher"
 PROBS, INFO = "probs.safetensors", "teacher.json"
 SPLIT_OF = {"target": "target_unlabeled", "source": "source_train"}  # `method.distill.texts` -> the texts
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-HASH_LIMIT = 2 * 1024**3  # hash teacher weights up to this many bytes (cheap next to predicting with them)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -127,19 +126,6 @@ def weight_files(model_dir: Path) -> list[Path]:
     return sorted(p for p in Path(model_dir).iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
 
 
-def _sha256(files: list[Path]) -> dict[str, str] | None:
-    if sum(f.stat().st_size for f in files) > HASH_LIMIT:
-        return None
-    out = {}
-    for f in files:
-        h = hashlib.sha256()
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        out[f.name] = h.hexdigest()
-    return out
-
-
 def predict_member(given: str, model_dir: Path, texts: dict[str, list[str]], batch_size: int,
                    device: torch.device) -> tuple[dict[str, np.ndarray], dict]:
     """One teacher's probabilities (temperature 1) for each named list of texts, and its record; the distillation
@@ -149,7 +135,7 @@ def predict_member(given: str, model_dir: Path, texts: dict[str, list[str]], bat
     files = weight_files(model_dir)
     record = {"teacher": given, "model_dir": str(model_dir), "labels": loaded.label_names,
               "params_total": count_parameters(model)[0], "weights_bytes": sum(f.stat().st_size for f in files),
-              "weights_sha256": _sha256(files), "max_length": cfg.max_length, "truncation": cfg.truncation,
+              "weights_sha256": files_sha256(files), "max_length": cfg.max_length, "truncation": cfg.truncation,
               "normalize": cfg.normalize, "inference": speed(len(texts["distill"]), batch_size, seconds, device)}
     del model, loaded
     return probs, record

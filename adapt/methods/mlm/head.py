@@ -3,14 +3,14 @@ masking, for the MLM methods."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
+
+from adapt.model.weights import checkpoint_files
 
 
 @dataclass(frozen=True)
@@ -133,26 +133,11 @@ def build_mlm_head(classifier: nn.Module, model_path: str) -> tuple[MlmHead, boo
     return head, spec is not None and load_pretrained_mlm_head(head, model_path, config.model_type)
 
 
-def weight_files(model_path: str) -> list[Path]:
-    """The checkpoint's safetensors files: a local folder's, or a Hub model's already in the local cache (the
-    classifier was loaded from them). Nothing is downloaded."""
-    if Path(model_path).is_dir():
-        return sorted(Path(model_path).glob("*.safetensors"))
-    from huggingface_hub import try_to_load_from_cache
-
-    index = try_to_load_from_cache(model_path, "model.safetensors.index.json")
-    if isinstance(index, str):
-        shards = sorted(set(json.loads(Path(index).read_text())["weight_map"].values()))
-        return [p for p in (Path(index).parent / s for s in shards) if p.is_file()]
-    single = try_to_load_from_cache(model_path, "model.safetensors")
-    return [Path(single)] if isinstance(single, str) else []
-
-
 def _checkpoint_tensors(model_path: str, wanted: set[str]) -> dict[str, torch.Tensor]:
     from safetensors import safe_open
 
     found: dict[str, torch.Tensor] = {}
-    for f in weight_files(model_path):
+    for f in checkpoint_files(model_path):
         with safe_open(str(f), "pt") as sf:
             found.update({k: sf.get_tensor(k) for k in wanted & set(sf.keys())})
     return found
