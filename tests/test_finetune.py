@@ -153,18 +153,23 @@ def test_freeze_finetune_changes_only_the_upper_layers(tiny_recipe, tiny_model_d
 def test_a_half_precision_checkpoint_trains_in_float32(tiny_recipe, tiny_model_dir, tmp_path):
     # transformers 5 loads the dtype a config records: a bf16 checkpoint would train bf16 weights, whose resolution
     # swallows AdamW's small steps. Weights load as float32; autocast chooses the compute precision.
-    half = tmp_path / "half"
-    shutil.copytree(tiny_model_dir, half)
-    save_file({k: v.bfloat16() for k, v in load_file(str(half / "model.safetensors")).items()},
-              str(half / "model.safetensors"), metadata={"format": "pt"})
-    config = json.loads((half / "config.json").read_text())
-    (half / "config.json").write_text(json.dumps({**config, "dtype": "bfloat16"}))
+    def bf16_copy(folder: Path, to: Path) -> Path:
+        shutil.copytree(folder, to)
+        save_file({k: v.bfloat16() for k, v in load_file(str(to / "model.safetensors")).items()},
+                  str(to / "model.safetensors"), metadata={"format": "pt"})
+        config = json.loads((to / "config.json").read_text())
+        (to / "config.json").write_text(json.dumps({**config, "dtype": "bfloat16"}))
+        return to
+
+    half = bf16_copy(tiny_model_dir, tmp_path / "half")
     assert {p.dtype for p in fresh_classifier(half).parameters()} == {torch.float32}
     assert {p.dtype for p in load_encoder(resolve_model(str(half))).parameters()} == {torch.float32}
     out = tmp_path / "run"
     train_run(tiny_recipe, out, [f"model.name_or_path={half}", "train.max_steps=2"])
     assert {v.dtype for v in saved(out).values()} == {torch.float32}
-    assert {p.dtype for p in load_saved_model(out / "model").parameters()} == {torch.float32}
+    # A trained classifier saved in bf16 elsewhere (a teacher, an init run) loads as float32 too.
+    trained = bf16_copy(out / "model", tmp_path / "trained_bf16")
+    assert {p.dtype for p in load_saved_model(trained).parameters()} == {torch.float32}
 
 
 # ----------------------------------------------------------------------------------------------------------

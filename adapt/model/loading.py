@@ -106,7 +106,8 @@ def load_encoder(resolved: ResolvedModel, attention: str = "auto") -> torch.nn.M
     try:
         config = AutoConfig.from_pretrained(resolved.path, local_files_only=resolved.local_only)
         return AutoModel.from_pretrained(resolved.path, config=config, local_files_only=resolved.local_only,
-                                         dtype=WEIGHTS_DTYPE, attn_implementation=effective_attention(attention, config, MODEL_MAPPING))
+                                         dtype=WEIGHTS_DTYPE,
+                                         attn_implementation=effective_attention(attention, config, MODEL_MAPPING))
     except AdaptError:
         raise
     except Exception as err:

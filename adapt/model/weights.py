@@ -7,7 +7,7 @@ import hashlib
 import json
 from pathlib import Path
 
-HASH_LIMIT = 2 * 1024**3  # hash weights up to this many bytes (a second per ~500 MB; cheap next to using them)
+HASH_LIMIT = 2 * 1024**3  # hash weights up to this many bytes (MPNet's 438 MB took 0.5 s here; cheap next to using them)
 
 
 def checkpoint_files(model_path: str) -> list[Path]:
