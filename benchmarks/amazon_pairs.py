@@ -124,8 +124,9 @@ def run_dir(args, method: str, pair: str, seed: int, variant: str | None = "") -
 
 
 def finished_run(args, method: str, pair: str, seed: int) -> Path:
-    """The finished plain run of `method` for this pair and seed (source_only's is shared by its source)."""
-    if method == "source_only":
+    """The finished plain run of `method` for this pair and seed (source_only's, of any variant, is shared by its
+    source)."""
+    if method.split("+")[0] == "source_only":
         pair = pair.split(":")[0] + ":all"
     rd = run_dir(args, method, pair, seed, variant=None)
     if not (rd / "report.json").exists():

@@ -612,3 +612,18 @@ def test_mpnet_travels_rounded_to_float16_and_is_checked_when_rebuilt(tiny_model
     save_file(weights, str(big / "model.safetensors"))
     with pytest.raises(SystemExit, match="float16's range"):
         mpnet.pack(big, str(tmp_path / ".bigpart"), 2)
+
+
+def test_benchmark_teachers_may_be_a_variant_of_source_only(tmp_path):
+    """`--teachers source_only+mpnet`: a source-only run is one per source, whatever its variant."""
+    bench = _load_benchmark()
+    args = argparse.Namespace(work=tmp_path, variant="student", teachers="source_only+mpnet", teacher_seeds="1",
+                              seeds="1")
+    shared = tmp_path / "source_only+mpnet" / "E-all.seed1"
+    shared.mkdir(parents=True)
+    (shared / "report.json").write_text("{}")
+    method, overrides, extra = bench.stage_overrides(args, "distill", "E:D", 1)
+    assert method == "distill" and extra == {"teachers": [str(shared)]}
+    assert overrides == [f"method.distill.teachers=[{shared}]"]
+    with pytest.raises(AdaptError, match="has not finished"):  # no such run for another source
+        bench.stage_overrides(args, "distill", "B:D", 1)
