@@ -18,3 +18,9 @@ python benchmarks/amazon_pairs.py --data-dir ../shared/data/amazon_multidomain -
 python benchmarks/amazon_pairs.py --data-dir ../shared/data/amazon_multidomain --pairs E:D,E:B --seeds 1 \
     --methods distill --teachers source_only+mpnet --teacher-seeds 1 --variant mpnet_source_only_teacher --resume \
     --work /tmp/cpu_mpnet/work --out benchmarks/results/amazon_mpnet_cpu
+#
+# 2026-12-01 (the next session, no GPU again; same machine, flags, code f4a0357). MPNet source-only on kitchen, seed 1
+# (954 s of training; the same command went on to books and was stopped there, its partial run deleted):
+python benchmarks/amazon_pairs.py --data-dir ../shared/data/amazon_multidomain --pairs K:B,K:D,K:E,B:D,B:E,B:K,D:B,D:E,D:K \
+    --seeds 1 --methods source_only --variant mpnet --resume --work /tmp/cpu_mpnet/work \
+    --out benchmarks/results/amazon_mpnet_cpu -- model.name_or_path=/tmp/mpnet_rebuilt
