@@ -4,7 +4,10 @@ predictions of every (pair, seed) that both have, from the run directories an `a
 its `--work` folder (the committed result JSONs hold metrics only, not predictions).
 
     python benchmarks/amazon_significance.py --work /tmp/adapt-amazon-pairs [--methods self_training,dapt] \
-        [--out benchmarks/results/amazon_pairs/significance.json]
+        [--baseline source_only] [--out benchmarks/results/amazon_pairs/significance.json]
+
+`--baseline` names the source-only result folder to pair with (`source_only+mpnet` for a setting that trains MPNet:
+the same model without adaptation).
 
 Pooling 200 test reviews x pairs x seeds makes the pooled accuracy the 12-pair average (every pair has the same
 test size) and resamples examples, so the interval covers test-set noise; the seeds it pools do not make it a
@@ -38,17 +41,17 @@ def target_predictions(run_dir: Path, target: str) -> dict[str, tuple[str, str]]
 
 def run_dir(work: Path, method: str, pair: str, seed: int) -> Path:
     src, tgt = pair.split(":")
-    if method == "source_only":  # one model per (source, seed), scored on every target
+    if method.split("+")[0] == "source_only":  # one model per (source, seed), scored on every target
         return work / method / f"{src}-all.seed{seed}"
     return work / method / f"{src}-{tgt}.seed{seed}"
 
 
-def pooled(work: Path, results: Path, method: str) -> dict | None:
+def pooled(work: Path, results: Path, method: str, baseline: str = "source_only") -> dict | None:
     labels, base, other, used = [], [], [], []
     for rec_path in sorted((results / method).glob("*.json")):
         rec = json.loads(rec_path.read_text())
         pair, seed = rec["pair"], rec["seed"]
-        a_dir, b_dir = run_dir(work, "source_only", pair, seed), run_dir(work, method, pair, seed)
+        a_dir, b_dir = run_dir(work, baseline, pair, seed), run_dir(work, method, pair, seed)
         if not b_dir.exists():  # results refiled under a variant name after the runs (the old DANN runs)
             b_dir = run_dir(work, method.split("+")[0], pair, seed)
         if not (a_dir / "report.json").exists() or not (b_dir / "report.json").exists():
@@ -65,7 +68,7 @@ def pooled(work: Path, results: Path, method: str) -> dict | None:
     names = sorted(set(labels))
     code = {n: k for k, n in enumerate(names)}
     enc = [np.array([code[x] for x in xs]) for xs in (labels, base, other)]
-    return {"method": method, "runs": used, "examples": len(labels),
+    return {"method": method, "baseline": baseline, "runs": used, "examples": len(labels),
             "source_only_accuracy": float((enc[1] == enc[0]).mean()), "method_accuracy": float((enc[2] == enc[0]).mean()),
             "paired_bootstrap": paired_bootstrap(*enc, num_labels=len(names))}
 
@@ -75,12 +78,13 @@ def main() -> int:
     p.add_argument("--work", type=Path, required=True, help="the sweep's run directories (amazon_pairs.py --work)")
     p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "amazon_pairs")
     p.add_argument("--methods", help="comma-separated (default: every method with results)")
+    p.add_argument("--baseline", default="source_only", help="the source-only result folder to pair with")
     p.add_argument("--out", type=Path, help="write the tests as JSON here")
     args = p.parse_args()
     methods = args.methods.split(",") if args.methods else sorted(
-        d.name for d in args.results.iterdir() if d.is_dir() and d.name != "source_only")
-    out = [r for m in methods if (r := pooled(args.work, args.results, m)) is not None]
-    print("| method | runs pooled | examples | source_only | method | difference (points) | 95% interval | p |")
+        d.name for d in args.results.iterdir() if d.is_dir() and d.name.split("+")[0] != "source_only")
+    out = [r for m in methods if (r := pooled(args.work, args.results, m, args.baseline)) is not None]
+    print(f"| method | runs pooled | examples | {args.baseline} | method | difference (points) | 95% interval | p |")
     print("|---|---:|---:|---:|---:|---:|---|---:|")
     for r in out:
         test = r["paired_bootstrap"]["accuracy"]

@@ -336,6 +336,13 @@ def test_significance_pools_the_pairs_a_method_shares_with_source_only(tmp_path)
     (results / "dapt+long" / "B-K.seed1.json").write_text(json.dumps({"pair": "B:K", "seed": 1}))
     variant = sig.pooled(work, results, "dapt+long")
     assert variant["runs"] == ["B:K.seed1"] and variant["method_accuracy"] == 0.5
+    # Another model's source-only (`source_only+mpnet`) is the baseline of a setting that trains that model; its one
+    # model per source lives under `<source>-all` too.
+    run_dir("source_only+mpnet/B-all.seed1", {"target_test": ("kitchen", labels[:9] + ["pos"]),
+                                              "test_electronics": ("electronics", labels)}, labels)
+    other = sig.pooled(work, results, "dapt", baseline="source_only+mpnet")
+    assert other["baseline"] == "source_only+mpnet" and other["runs"] == ["B:E.seed1", "B:K.seed1"]
+    assert other["source_only_accuracy"] == pytest.approx(19 / 20) and other["method_accuracy"] == 1.0
 
 
 def test_label_free_benchmark_correlates_and_selects(tmp_path):
@@ -438,6 +445,16 @@ def test_issue_targets_checker_judges_only_complete_sweeps(tmp_path, capsys):
     assert bars["paired bootstrap"]["verdict"] == "not measured"  # no --work: no predictions
     empty = {b["bar"]: b for b in targets.recommended_bars(runs, "best", tmp_path, tmp_path / "work")}
     assert empty["paired bootstrap"]["measured"].startswith("no pair of run folders")
+    # A setting that trains a bigger model is judged against that model's source-only, not MiniLM's.
+    for pair in pairs:
+        for seed in (1, 2, 3):
+            result("source_only+mpnet", pair, seed, 0.83)
+    bigger = {b["bar"]: b for b in targets.recommended_bars(targets.load(tmp_path), "best", tmp_path, None,
+                                                             baseline="source_only+mpnet")}
+    assert bigger["mean gain over source_only+mpnet"]["gain_points"] == pytest.approx((11 * 1 - 4) / 12)
+    assert bigger["mean gain over source_only+mpnet"]["verdict"] == "not met"
+    assert bigger["worst single run"]["worst_points"] == pytest.approx(-6.5)
+    shutil.rmtree(tmp_path / "source_only+mpnet")  # the rest of this test sees the plain sweep
 
     # A criterion that ranks every run as the labels do; selection by it beats source dev's tie-broken pick.
     crit = {b["bar"]: b for b in targets.criterion_bars(tmp_path, None)}
