@@ -28,7 +28,7 @@ python benchmarks/amazon_pairs.py --data-dir ../shared/data/amazon_multidomain -
 python benchmarks/amazon_pairs.py --data-dir ../shared/data/amazon_multidomain --pairs K:D,K:B --seeds 1 \
     --methods distill --teachers source_only+mpnet --teacher-seeds 1 --variant mpnet_source_only_teacher --resume \
     --work /tmp/cpu_mpnet/work --out benchmarks/results/amazon_mpnet_cpu
-# MPNet source-only on books (1,316 s of training), then dvd (started; not finished in the session, so no result):
+# MPNet source-only on books (1,316 s of training), then dvd (started, stopped unfinished for the CI check; no result):
 python benchmarks/amazon_pairs.py --data-dir ../shared/data/amazon_multidomain --pairs B:D,B:E,B:K,D:B,D:E,D:K \
     --seeds 1 --methods source_only --variant mpnet --resume --work /tmp/cpu_mpnet/work \
     --out benchmarks/results/amazon_mpnet_cpu -- model.name_or_path=/tmp/mpnet_rebuilt
