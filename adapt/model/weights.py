@@ -29,11 +29,13 @@ def files_sha256(files: list[Path]) -> dict[str, str] | None:
     """{file name: sha256}; None when there are none or they are over `HASH_LIMIT` together."""
     if not files or sum(f.stat().st_size for f in files) > HASH_LIMIT:
         return None
-    out = {}
-    for f in files:
-        h = hashlib.sha256()
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        out[f.name] = h.hexdigest()
-    return out
+    return {f.name: file_sha256(f) for f in files}
+
+
+def file_sha256(path: Path) -> str:
+    """One file's sha256, read in 1 MiB chunks (no size limit: a caller that must have the hash asks for it here)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
