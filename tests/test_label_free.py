@@ -272,6 +272,29 @@ def test_evaluate_on_unlabelled_text_reproduces_the_runs_own_criteria_and_scores
     assert "--unlabeled name" in capsys.readouterr().err and not (out / "x.jsonl").exists()
 
 
+def test_a_single_unlabelled_text_is_refused_before_training_and_before_evaluate_writes(tiny_recipe, tiny_data,
+                                                                                        tmp_path, capsys):
+    """SND and DEV compare target texts with each other: one text used to end the first evaluation in a scikit-learn
+    traceback. Training stops before it starts; `adapt evaluate --unlabeled` leaves the report as it was."""
+    from adapt.evaluate_run import main as evaluate_main
+    from adapt.train import main as train_main
+
+    one = tmp_path / "one.jsonl"
+    one.write_text(tiny_data["target_unlabeled"].read_text().splitlines()[0] + "\n")
+    out = tmp_path / "r"
+    assert train_main([str(tiny_recipe), f"output_dir={out}", f"data.target.unlabeled={one}"]) == 2
+    err = capsys.readouterr().err
+    assert "`data.target.unlabeled` has 1 text(s)" in err and "at least 2" in err and "eval.label_free=false" in err
+    assert not (out / "model").exists() and not (out / "train_log.jsonl").exists()
+    # Without the criteria, one unlabelled text is a valid (if small) recipe.
+    assert train_main([str(tiny_recipe), f"output_dir={out}", f"data.target.unlabeled={one}", "eval.label_free=false",
+                       "train.epochs=1"]) == 0
+    before = (out / "report.json").read_bytes()
+    capsys.readouterr()
+    assert evaluate_main([str(out), "--unlabeled", f"one={one}"]) == 2
+    assert "`--unlabeled one` has 1 text(s)" in capsys.readouterr().err
+    assert (out / "report.json").read_bytes() == before
+
 def test_evaluate_refuses_a_role_for_unlabelled_text(tmp_path, capsys):
     from adapt.evaluate_run import make_parser
 

@@ -12,7 +12,13 @@ from adapt.data.features import Collator, tokenize, tokenize_splits
 from adapt.data.splits import load_extra_split, load_splits, load_unlabeled_split
 from adapt.evaluation.agreement import unlabeled_predictions
 from adapt.evaluation.diagnostics import write_diagnostics
-from adapt.evaluation.scoring import evaluate_all, label_free_probe, score_label_free, score_split
+from adapt.evaluation.scoring import (
+    check_label_free_texts,
+    evaluate_all,
+    label_free_probe,
+    score_label_free,
+    score_split,
+)
 from adapt.model.saving import load_saved_model
 from adapt.model.start import recorded_start
 from adapt.recipe import load_recipe
@@ -82,6 +88,7 @@ def _label_free_on(unlabeled: list[dict], recipe, labels: list[str], accelerator
     out = {}
     for u in unlabeled:
         split = load_unlabeled_split(u["path"], u["name"], u["domain"], recipe.data)
+        check_label_free_texts(split, f"--unlabeled {u['name']}", "give a file with more texts")
         splits = {"source_train": own["source_train"], "source_dev": own["source_dev"], "target_unlabeled": split}
         tokenized = {**source_dev, **tokenize_splits({"target_unlabeled": split}, tokenizer, recipe, accelerator)}
         probe = label_free_probe(splits, tokenized, labels, recipe.eval.label_free_examples, recipe.seed)

@@ -13,6 +13,7 @@ from accelerate import Accelerator
 from accelerate.data_loader import prepare_data_loader
 from datasets import Dataset
 
+from adapt.core.errors import AdaptError
 from adapt.core.fileio import write_jsonl
 from adapt.core.rundir import RunDir
 from adapt.data.features import Collator, classifier_inputs, eval_loader
@@ -111,6 +112,18 @@ def evaluate_all(accelerator: Accelerator, model, splits: dict[str, Split], toke
 
 # ----------------------------------------------------------------------------------------------------------
 # Label-free criteria (`adapt.evaluation.label_free`) on a fixed sample of the unlabelled target text.
+
+
+# SND compares each text with the others, and DEV cross-validates a domain classifier with target text in every fold:
+# with one text, SND is undefined and DEV's classifier sees a single class (scikit-learn's traceback, mid-training).
+MIN_LABEL_FREE_TEXTS = 2
+
+
+def check_label_free_texts(split: Split, key: str, fix: str) -> None:
+    """Refuse unlabelled text too small for the label-free criteria, naming the input and what to do."""
+    if (n := len(split.dataset)) < MIN_LABEL_FREE_TEXTS:
+        raise AdaptError(f"`{key}` has {n} text(s), but the label-free criteria compare target texts with each other "
+                         f"and need at least {MIN_LABEL_FREE_TEXTS}; {fix}")
 
 
 @dataclass

@@ -23,7 +23,13 @@ from adapt.data.splits import Split, load_splits
 from adapt.evaluation.agreement import unlabeled_predictions
 from adapt.evaluation.diagnostics import write_diagnostics
 from adapt.evaluation.label_free import CRITERIA, LOG_KEY, logged_values
-from adapt.evaluation.scoring import LabelFreeProbe, evaluate_all, label_free_probe, score_label_free
+from adapt.evaluation.scoring import (
+    LabelFreeProbe,
+    check_label_free_texts,
+    evaluate_all,
+    label_free_probe,
+    score_label_free,
+)
 from adapt.hub.push import check_can_push, push_run
 from adapt.methods import get_method
 from adapt.methods.base import BaseMethod, MethodContext
@@ -273,6 +279,10 @@ def _run(recipe: Recipe, run: RunDir, resume_from: Path | None, accelerator: Acc
     set_seed(recipe.seed)
     with accelerator.main_process_first():
         splits, label_names = load_splits(recipe)
+    if (recipe.eval.label_free or recipe.eval.select_on in CRITERIA) and "target_unlabeled" in splits:
+        check_label_free_texts(splits["target_unlabeled"], "data.target.unlabeled",
+                               "give more unlabelled target text, or set `eval.label_free=false` and select on "
+                               "`eval.select_on=source_dev`")
     method = get_method(recipe.method.name)
     bundle = setup_model(recipe, label_names, method)
     open_run_dir(run, recipe, resume_from, accelerator, method.run_dirs)
