@@ -211,6 +211,34 @@ def test_resumed_run_reads_the_teacher_file_back(teacher, tiny_recipe, tmp_path,
     assert sorted(a) == sorted(b) and max(abs(a[k]["kl"] - b[k]["kl"]) for k in a) < 1e-5
 
 
+def test_teachers_read_the_texts_as_given_not_as_the_student_rewrites_them(teacher, tiny_recipe, tiny_data, tmp_path,
+                                                                           monkeypatch):
+    """Each teacher applies its own `data.normalize`; the student's (here `amazon_unlabeled`, which drops the
+    tiny reviews' final " .") must not rewrite the texts first."""
+    from adapt.data.splits import NORMALIZERS
+
+    seen = []
+
+    def recording(given, model_dir, texts, *args):
+        seen.append(list(texts["distill"]))
+        return predict_member(given, model_dir, texts, *args)
+
+    predict_member = distill.predict_member
+    monkeypatch.setattr(distill, "predict_member", recording)
+    out = tmp_path / "normalized"
+    run(load_recipe(tiny_recipe, ["method.name=distill", f"method.distill.teachers=[{teacher}]",
+                                  "method.distill.texts=[target]", "data.normalize=amazon_unlabeled",
+                                  "train.epochs=1", f"output_dir={out}"]))
+    given = texts_of(tiny_data["target_unlabeled"])
+    assert seen == [given]
+    assert all(NORMALIZERS["amazon_unlabeled"](t) != t for t in given)  # the student's rewriting would show
+    m = load_for_inference(teacher)
+    own = predict_texts(m.model, m.tokenizer, given, m.data_cfg.max_length, m.data_cfg.truncation, 8)
+    from safetensors.torch import load_file
+
+    probs = load_file(str(out / "teacher" / "probs.safetensors"))
+    assert torch.allclose(probs["distill"], distill.tempered(own, 2.0).float(), atol=1e-5)
+
 # ----------------------------------------------------------------------------------------------------------
 # Errors.
 
@@ -278,3 +306,12 @@ def test_an_onnx_export_is_refused_as_a_teacher_naming_its_run(teacher, tmp_path
     export(teacher, tmp_path / "onnx", onnx=True)
     with pytest.raises(AdaptError, match=r"teachers\[0\]`.*is an ONNX export; give the run directory"):
         distill.resolve_teachers([str(tmp_path / "onnx")], ["negative", "positive"])
+
+
+def test_an_int8_export_is_refused_as_a_teacher_naming_its_run(teacher, tmp_path):
+    """torch.ao's int8 kernels run on CPUs only: such a teacher would fail on the first GPU batch."""
+    from adapt.serving.export import export
+
+    export(teacher, tmp_path / "int8", int8=True)
+    with pytest.raises(AdaptError, match=r"teachers\[0\]`.*is an int8 export.*give the run directory"):
+        distill.resolve_teachers([str(tmp_path / "int8")], ["negative", "positive"])

@@ -119,11 +119,35 @@ def test_two_process_adaptation_methods(overrides, tiny_recipe, tmp_path):
         assert saved["candidates"] == 40  # every unlabelled row predicted once over both processes
 
 
-def test_a_teacher_that_fails_on_the_main_process_stops_every_process(tiny_model_dir, tiny_recipe, tmp_path):
-    """`distill`'s teachers predict on the main process while the others wait. A teacher whose weights do not load
-    passes the checks before the run starts (they read config.json only) and fails there: the other process must
-    stop too, at once, not wait for the distributed timeout, and say why. Two launchers, as on two machines: one
-    launcher would stop the waiting process itself. (Gloo also notices the main process exit; NCCL waits.)"""
+def test_two_processes_share_the_teachers_predictions_and_write_the_same_teacher_file(tiny_model_dir, tiny_recipe,
+                                                                                      tmp_path):
+    """Each process predicts every other text with the teachers (rows `rank::2`); the main process puts them back in
+    order. The file must be the one a single process writes, and the report's teacher and student texts/s are timed
+    on the main process's share, side by side."""
+    from safetensors.torch import load_file
+
+    teacher = tmp_path / "teacher"
+    run(load_recipe(tiny_recipe, [f"output_dir={teacher}", "train.epochs=2"]))
+    common = ["method.name=distill", f"method.distill.teachers=[{teacher}]", "train.epochs=1"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    run(load_recipe(tiny_recipe, [*common, f"output_dir={one}"]))
+    done = accelerate_launch(["-m", "adapt.train", str(tiny_recipe), *common, f"output_dir={two}"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = (load_file(str(d / "teacher" / "probs.safetensors")) for d in (one, two))
+    assert a.keys() == b.keys() == {"distill", "test/source_test", "test/target_test"}
+    assert all(a[k].shape == b[k].shape and float((a[k] - b[k]).abs().max()) < 1e-5 for k in a)
+    info = json.loads((two / "teacher" / "teacher.json").read_text())
+    n = info["n_rows"]  # 40 target + 72 source
+    assert info["teachers"][0]["processes"] == 2 and info["teachers"][0]["inference"]["texts"] == (n + 1) // 2
+    summary = json.loads((two / "report.json").read_text())["method_summary"]
+    assert summary["student"]["inference"]["texts"] == summary["teacher"]["inference"]["texts"] == (n + 1) // 2
+
+
+def test_a_teacher_that_fails_on_every_process_stops_them_all_at_once(tiny_model_dir, tiny_recipe, tmp_path):
+    """A teacher whose weights do not load passes the checks before the run starts (they read config.json only) and
+    fails on every process as it predicts its share: each stops with the error, none waits for the distributed
+    timeout, and no teacher file is written. Two launchers, as on two machines: one launcher would stop a waiting
+    process itself."""
     from transformers import AutoModelForSequenceClassification
 
     teacher = tmp_path / "teacher"
@@ -133,13 +157,47 @@ def test_a_teacher_that_fails_on_the_main_process_stops_every_process(tiny_model
     out = tmp_path / "ddp"
     args = ["-m", "adapt.train", str(tiny_recipe), f"output_dir={out}", "method.name=distill",
             f"method.distill.teachers=[{teacher}]", "method.distill.texts=[target]"]
-    (main_code, main_err), (other_code, other_err) = launch_as_two_machines(args, tmp_path, timeout=180)
-    assert main_code != 0 and "SafetensorError" in main_err, main_err[-3000:]  # the main process's own error
-    assert other_code != 0 and "exitcode  : 2" in other_err, other_err[-3000:]  # a user error, not a crash
-    expected = ("error: the main process failed while computing the teachers' probabilities "
-                "(`method.distill.teachers`): SafetensorError: Error while deserializing header")
-    assert expected in other_err and "process 0's output" in other_err, other_err[-3000:]
+    for code, err in launch_as_two_machines(args, tmp_path, timeout=180):
+        assert code != 0 and "SafetensorError" in err, err[-3000:]
     assert not (out / "teacher").exists()
+
+
+class _TwoProcesses:
+    num_processes, is_main_process = 2, True
+
+
+@pytest.mark.parametrize("this, other, expected", [
+    (None, None, None),
+    (None, "ValueError: out of memory on cuda:1", "process 1 failed while predicting: ValueError: out of memory"),
+    ("mine", None, "mine"),
+], ids=["both-succeed", "the-other-fails", "this-one-fails"])
+def test_work_every_process_shares_stops_all_of_them_when_one_fails(this, other, expected, monkeypatch):
+    """`on_every_process`: every process reaches the gather, failed or not, and then all stop. The other process's
+    side of the gather is simulated; the collective itself is what the tests above run."""
+    import adapt.methods.main_process as shared
+    from adapt.core.errors import OtherProcessFailed
+
+    def work():
+        if this:
+            raise KeyError(this)
+        return "rank 0's share"
+
+    sent = []
+
+    def gather(objects):
+        sent.extend(objects)
+        return [*objects, (other, None if other else "rank 1's share")]
+
+    monkeypatch.setattr(shared, "gather_object", gather)
+    if expected is None:
+        assert shared.on_every_process(_TwoProcesses(), work, "predicting") == ["rank 0's share", "rank 1's share"]
+    elif this:
+        with pytest.raises(KeyError, match=expected):  # its own error, after telling the other process
+            shared.on_every_process(_TwoProcesses(), work, "predicting")
+        assert sent == [("KeyError: 'mine'", None)]
+    else:
+        with pytest.raises(OtherProcessFailed, match=expected):
+            shared.on_every_process(_TwoProcesses(), work, "predicting")
 
 
 def test_launched_processes_that_do_not_form_one_run_are_refused(monkeypatch):

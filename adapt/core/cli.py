@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from adapt.core.errors import AdaptError, MainProcessFailed
+from adapt.core.errors import AdaptError, OtherProcessFailed
 
 # Set by the `adapt` console script to `adapt <command>`, so each command's usage line reads as it was typed.
 invoked_as: str | None = None
@@ -37,7 +37,7 @@ def cli_entry(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | 
         try:
             return main(argv)
         except AdaptError as e:
-            if is_main_rank() or isinstance(e, MainProcessFailed):
+            if is_main_rank() or isinstance(e, OtherProcessFailed):
                 print(f"error: {e}", file=sys.stderr)
             return getattr(e, "exit_code", 2)
 

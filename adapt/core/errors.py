@@ -16,10 +16,10 @@ class RecipeError(AdaptError):
         super().__init__(f"the recipe has {len(self.problems)} problem(s):\n{lines}")
 
 
-class MainProcessFailed(AdaptError):
-    """Raised on the other processes of a multi-process run when work done on the main process alone failed there,
-    so they stop with it instead of waiting. Every process prints it (other user errors print once): on another
-    machine it is the only word of the failure."""
+class OtherProcessFailed(AdaptError):
+    """Raised on the processes of a multi-process run where shared work did not fail, when it failed on another
+    (the main process's work for all, or a share every process does), so they stop with it instead of waiting. Every
+    process prints it (other user errors print once): on another machine it is the only word of the failure."""
 
 
 class RunInterrupted(AdaptError):

@@ -2,8 +2,9 @@
 
 The teachers predict with their own tokenizers and tokenisation settings (`adapt.serving.inference`), so a teacher
 may use another tokenizer than the student. Their probabilities are computed when the phase starts, for every
-distillation text and every labelled test split, and written before the first step; a resumed run reads them back
-from the checkpoint's copy of `teacher/` instead of computing them again (the teacher may have changed since).
+distillation text and every labelled test split (each process predicts a share of the texts), and written before
+the first step; a resumed run reads them back from the checkpoint's copy of `teacher/` instead of computing them
+again (the teacher may have changed since).
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from accelerate import PartialState
+from accelerate import Accelerator, PartialState
 from datasets import Dataset, concatenate_datasets
 from safetensors.torch import load_file, save_file
 
@@ -24,7 +26,7 @@ from adapt.core.errors import AdaptError
 from adapt.core.fileio import atomic_write_json, read_jsonl, replace_dir
 from adapt.data.features import MODEL_INPUTS
 from adapt.methods.base import BaseMethod, LossOutput, MethodContext, Phase, StepInfo
-from adapt.methods.main_process import on_main_process
+from adapt.methods.main_process import on_every_process, on_main_process
 from adapt.methods.source_only.method import labeled_training_data
 from adapt.model.finetune import count_parameters
 from adapt.model.heads import classifier_of, concat_batches
@@ -99,7 +101,7 @@ def distill_loss(alpha: float, temperature: float, pad_id: int, targets: Teacher
 def resolve_teachers(teachers: list[str], label_names: list[str]) -> list[tuple[str, Path]]:
     """(as given, model folder) for each teacher; a missing one, or one with other labels, is an `AdaptError`."""
     from adapt.serving.inference import label_names as teacher_labels
-    from adapt.serving.inference import resolve_model_dir
+    from adapt.serving.inference import read_export_info, resolve_model_dir
     from adapt.serving.onnx import ONNX_FILE
 
     found = []
@@ -112,6 +114,10 @@ def resolve_teachers(teachers: list[str], label_names: list[str]) -> list[tuple[
         if (model_dir / ONNX_FILE).is_file():  # served by onnxruntime: no torch module to count or place
             raise AdaptError(f"{key} = {given}: {model_dir} is an ONNX export; give the run directory (or its model/ "
                              "folder) the export was made from: it predicts the same")
+        if (read_export_info(model_dir) or {}).get("int8"):  # torch.ao's int8 kernels run on CPUs only
+            raise AdaptError(f"{key} = {given}: {model_dir} is an int8 export, which runs on a CPU only and whose "
+                             "probabilities are rounded; give the run directory (or its model/ folder) the export "
+                             "was made from")
         labels = teacher_labels(model_dir)
         if labels != list(label_names):
             raise AdaptError(
@@ -183,7 +189,9 @@ def _texts(ctx: MethodContext, parts: list[str]) -> tuple[dict[str, list[str]], 
     test labels. The tokenised splits keep no text, so the splits are read again (the same, deterministic read)."""
     from adapt.data.splits import load_splits
 
-    raw, _ = load_splits(ctx.recipe)
+    # The texts as given: each teacher applies its own `data.normalize` (`predict_texts`), and this run's rewriting
+    # would come first otherwise. The rows and their order do not depend on it (the dev carve reads the labels only).
+    raw, _ = load_splits(replace(ctx.recipe, data=replace(ctx.recipe.data, normalize="none")))
     distill = []
     for name in parts:
         split = SPLIT_OF[name]
@@ -196,24 +204,51 @@ def _texts(ctx: MethodContext, parts: list[str]) -> tuple[dict[str, list[str]], 
     return texts, {n: np.asarray(s.dataset["label"]) for n, s in tests.items()}
 
 
-def write_teacher_file(ctx: MethodContext, parts: list[str], device: torch.device) -> None:
-    """Predict with every teacher and write `<run>/teacher/` whole (a new folder renamed into place)."""
+def write_teacher_file(ctx: MethodContext, parts: list[str], acc: Accelerator) -> None:
+    """Predict with every teacher and write `<run>/teacher/` whole (a new folder renamed into place). Each process
+    predicts its share of the texts and the main process writes the file: with the main process predicting them all,
+    the others would wait in a collective, past NCCL's timeout for a large ensemble, with their devices idle."""
     cfg, start = ctx.recipe.method.distill, time.perf_counter()
-    teachers = resolve_teachers(cfg.teachers, labels_of(ctx.model))
-    texts, labels = _texts(ctx, parts)
-    members, records = [], []
-    for given, model_dir in teachers:
-        probs, record = predict_member(given, model_dir, texts, ctx.recipe.eval.batch_size, device)
-        members.append(probs)
-        records.append(record)
-    tensors = {"distill": ensemble([m["distill"] for m in members], cfg.temperature).float().contiguous()}
+    what = "computing the teachers' probabilities (`method.distill.teachers`)"
+    on_main_process(acc, lambda: _texts(ctx, parts), what)  # first, so the others read `datasets`' cache it wrote
+    rank, world = acc.process_index, acc.num_processes
+
+    def predict_share() -> tuple[list, dict, dict]:
+        teachers = resolve_teachers(cfg.teachers, labels_of(ctx.model))
+        texts, labels = _texts(ctx, parts)
+        share = {name: items[rank::world] for name, items in texts.items()}
+        members = [predict_member(given, d, share, ctx.recipe.eval.batch_size, acc.device) for given, d in teachers]
+        return members, labels, {name: len(items) for name, items in texts.items()}
+
+    shares = on_every_process(acc, predict_share, what)
+    on_main_process(acc, lambda: _write_teacher_file(ctx, parts, shares, start), what)
+
+
+def _interleave(pieces: list[np.ndarray], n: int, classes: int) -> np.ndarray:
+    """Rows `r::len(pieces)` came from piece r (`items[rank::world]`): back in the texts' order."""
+    out = np.empty((n, classes), dtype=np.float32)
+    for r, piece in enumerate(pieces):
+        if len(piece):  # a process with no row of a split returns an empty (0, 0) array
+            out[r::len(pieces)] = piece
+    return out
+
+
+def _write_teacher_file(ctx: MethodContext, parts: list[str], shares: list[tuple[list, dict, dict]],
+                        start: float) -> None:
+    cfg, names = ctx.recipe.method.distill, labels_of(ctx.model)
+    members, labels, counts = shares[0]
+    probs = [{name: _interleave([s[0][i][0][name] for s in shares], n, len(names)) for name, n in counts.items()}
+             for i in range(len(members))]
+    # Each teacher's record is the main process's: its texts/s are one device's, on that process's share.
+    records = [{**record, "processes": len(shares)} for _, record in members]
+    tensors = {"distill": ensemble([m["distill"] for m in probs], cfg.temperature).float().contiguous()}
     accuracy = {}
     for name, y in labels.items():  # for the report only: the teachers' accuracy is never used to select anything
-        p = ensemble([m[name] for m in members], 1.0).float().contiguous()
+        p = ensemble([m[name] for m in probs], 1.0).float().contiguous()
         tensors[f"test/{name}"] = p
         accuracy[name] = float((p.argmax(-1).numpy() == y).mean()) if len(y) else None
     rows = {name: len(ctx.splits[SPLIT_OF[name]]) for name in parts}
-    info = {"teachers": records, "label_names": labels_of(ctx.model), "temperature": cfg.temperature, "texts": list(parts),
+    info = {"teachers": records, "label_names": names, "temperature": cfg.temperature, "texts": list(parts),
             "rows": rows, "n_rows": sum(rows.values()), "accuracy": accuracy,
             "seconds": round(time.perf_counter() - start, 3)}
     tmp = ctx.run.root / f".{TEACHER_DIR}.tmp"
@@ -248,9 +283,8 @@ class _Streams:
     def __call__(self, loop) -> dict[str, Dataset]:
         ctx, acc, state = self.ctx, loop.accelerator, loop.state
         fresh = state.step == 0 and state.epoch == 0 and state.batches_in_epoch == 0  # a resumed run has stepped
-        # A fresh start writes the file (replacing a folder a killed earlier run left behind); a resumed one has it.
-        write = (lambda: write_teacher_file(ctx, self.parts, acc.device)) if fresh else (lambda: None)
-        on_main_process(acc, write, "computing the teachers' probabilities (`method.distill.teachers`)")
+        if fresh:  # writes the file (replacing a folder a killed earlier run left behind); a resumed run has it
+            write_teacher_file(ctx, self.parts, acc)
         tensors, info = read_teacher_file(ctx.run.root)
         data = distill_data(ctx, self.parts)
         if tensors["distill"].shape[0] != len(data) or info["texts"] != self.parts:
@@ -321,12 +355,14 @@ def _student_speed(ctx: MethodContext, info: dict) -> dict | None:
     if not ctx.run.model.is_dir() or not PartialState().is_main_process:
         return None
     texts, _ = _texts(ctx, info["texts"])
-    # The teachers' device and batch size, as they recorded them: the student's parameters would name the same GPU
-    # with its index (`cuda:0` against the accelerator's `cuda`), another name in the report for one device.
-    timed = info["teachers"][0]["inference"]
+    # The teachers' device, batch size and share of the texts (the main process's), as they recorded them: the
+    # student's parameters would name the same GPU with its index (`cuda:0` against the accelerator's `cuda`),
+    # another name in the report for one device.
+    first = info["teachers"][0]
+    timed, share = first["inference"], texts["distill"][::first.get("processes", 1)]
     device, batch_size = torch.device(timed["device"]), timed["batch_size"]
-    *_, seconds = predict_timed(ctx.run.model, {"distill": texts["distill"]}, batch_size, device)
-    return speed(len(texts["distill"]), batch_size, seconds, device)
+    *_, seconds = predict_timed(ctx.run.model, {"distill": share}, batch_size, device)
+    return speed(len(share), batch_size, seconds, device)
 
 
 def _student(ctx: MethodContext, teacher: dict[str, torch.Tensor]) -> dict:
