@@ -32,3 +32,11 @@ python benchmarks/amazon_pairs.py --data-dir ../shared/data/amazon_multidomain -
 python benchmarks/amazon_pairs.py --data-dir ../shared/data/amazon_multidomain --pairs B:D,B:E,B:K,D:B,D:E,D:K \
     --seeds 1 --methods source_only --variant mpnet --resume --work /tmp/cpu_mpnet/work \
     --out benchmarks/results/amazon_mpnet_cpu -- model.name_or_path=/tmp/mpnet_rebuilt
+#
+# 2026-12-01, the session after (no GPU again; a fresh machine of the same kind: AMD EPYC, 2 cores, AVX2 +
+# AVX512-VNNI + AVX512-BF16, bf16, 2 threads). The venv, /tmp/mpnet_rebuilt and the run folders were gone, so the
+# model was fetched, packed and rebuilt again with the three commands at the top (the same sha256 2d321a7b...).
+# MPNet source-only on dvd, seed 1 (1,385 s of training, slowed by a test suite run beside it), at 0ac320a:
+python benchmarks/amazon_pairs.py --data-dir ../shared/data/amazon_multidomain --pairs D:B,D:E,D:K --seeds 1 \
+    --methods source_only --variant mpnet --resume --work /tmp/cpu_mpnet/work --out benchmarks/results/amazon_mpnet_cpu \
+    -- model.name_or_path=/tmp/mpnet_rebuilt
