@@ -16,7 +16,7 @@ T = TypeVar("T")
 
 def on_main_process(acc: Accelerator, work: Callable[[], None], what: str) -> None:
     """Run `work` on the main process while the others wait, and stop every process if it fails there: the main
-    process raises its own error, the others a `OtherProcessFailed` that points at it.
+    process raises its own error, the others an `OtherProcessFailed` that points at it.
 
     A plain barrier after `work` would leave the others waiting there for the distributed timeout (30 minutes by
     default) when the main process fails before reaching it: NCCL does not notice a peer that exited."""
@@ -31,7 +31,7 @@ def on_main_process(acc: Accelerator, work: Callable[[], None], what: str) -> No
         broadcast_object_list(shared)  # also the barrier: the others read what the main process wrote
         if error is None and shared[0] is not None:
             raise OtherProcessFailed(f"the main process failed while {what}: {shared[0]}. This process stopped with "
-                                    "it; the full error is in process 0's output")
+                                     "it; the full error is in process 0's output")
     if error is not None:
         raise error
 
