@@ -14,6 +14,11 @@ from adapt.core.errors import OtherProcessFailed
 T = TypeVar("T")
 
 
+def _one_line(error: Exception) -> str:
+    """What the other processes are told of a failure: its type and first line, bounded."""
+    return f"{type(error).__name__}: {error}".splitlines()[0][:300]
+
+
 def on_main_process(acc: Accelerator, work: Callable[[], None], what: str) -> None:
     """Run `work` on the main process while the others wait, and stop every process if it fails there: the main
     process raises its own error, the others an `OtherProcessFailed` that points at it.
@@ -27,7 +32,7 @@ def on_main_process(acc: Accelerator, work: Callable[[], None], what: str) -> No
         except Exception as err:  # anything: a teacher that does not load, out of memory, a tokenizer error
             error = err
     if acc.num_processes > 1:
-        shared = [None if error is None else f"{type(error).__name__}: {error}".splitlines()[0][:300]]
+        shared = [None if error is None else _one_line(error)]
         broadcast_object_list(shared)  # also the barrier: the others read what the main process wrote
         if error is None and shared[0] is not None:
             raise OtherProcessFailed(f"the main process failed while {what}: {shared[0]}. This process stopped with "
@@ -50,7 +55,7 @@ def on_every_process(acc: Accelerator, work: Callable[[], T], what: str) -> list
         if error is not None:
             raise error
         return [result]
-    note = None if error is None else f"{type(error).__name__}: {error}".splitlines()[0][:300]
+    note = None if error is None else _one_line(error)
     gathered = gather_object([(note, None if error is not None else result)])
     if error is not None:
         raise error

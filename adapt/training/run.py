@@ -279,7 +279,8 @@ def _run(recipe: Recipe, run: RunDir, resume_from: Path | None, accelerator: Acc
     set_seed(recipe.seed)
     with accelerator.main_process_first():
         splits, label_names = load_splits(recipe)
-    if (recipe.eval.label_free or recipe.eval.select_on in CRITERIA) and "target_unlabeled" in splits:
+    criteria_on = recipe.eval.label_free or recipe.eval.select_on in CRITERIA  # selecting on one computes them all
+    if criteria_on and "target_unlabeled" in splits:
         check_label_free_texts(splits["target_unlabeled"], "data.target.unlabeled",
                                "give more unlabelled target text, or set `eval.label_free=false` and select on "
                                "`eval.select_on=source_dev`")
@@ -295,7 +296,7 @@ def _run(recipe: Recipe, run: RunDir, resume_from: Path | None, accelerator: Acc
     net = accelerator.unwrap_model(model, keep_torch_compile=False)
     # Selection on a label-free criterion still scores (and logs) source dev each evaluation.
     probe = label_free_probe(splits, tokenized, label_names, recipe.eval.label_free_examples, recipe.seed) \
-        if recipe.eval.label_free or recipe.eval.select_on in CRITERIA else None
+        if criteria_on else None
     ctx = LoopContext(accelerator, recipe, model, run, collate, label_names, splits[select], tokenized[select],
                       l2sp_anchors=l2sp_anchors(recipe, net, bundle.resolved), run_dirs=method.run_dirs,
                       label_free=probe, model_step_calls=per_step_calls(net),

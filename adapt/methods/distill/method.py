@@ -210,8 +210,9 @@ def write_teacher_file(ctx: MethodContext, parts: list[str], acc: Accelerator) -
     the others would wait in a collective, past NCCL's timeout for a large ensemble, with their devices idle."""
     cfg, start = ctx.recipe.method.distill, time.perf_counter()
     what = "computing the teachers' probabilities (`method.distill.teachers`)"
-    on_main_process(acc, lambda: _texts(ctx, parts), what)  # first, so the others read `datasets`' cache it wrote
     rank, world = acc.process_index, acc.num_processes
+    if world > 1:  # the main process reads first, so the others read `datasets`' cache it wrote
+        on_main_process(acc, lambda: _texts(ctx, parts), what)
 
     def predict_share() -> tuple[list, dict, dict]:
         teachers = resolve_teachers(cfg.teachers, labels_of(ctx.model))
@@ -237,8 +238,9 @@ def _write_teacher_file(ctx: MethodContext, parts: list[str], shares: list[tuple
                         start: float) -> None:
     cfg, names = ctx.recipe.method.distill, labels_of(ctx.model)
     members, labels, counts = shares[0]
-    probs = [{name: _interleave([s[0][i][0][name] for s in shares], n, len(names)) for name, n in counts.items()}
-             for i in range(len(members))]
+    by_process = [[member_probs for member_probs, _ in share_members] for share_members, _, _ in shares]
+    probs = [{name: _interleave([teachers[i][name] for teachers in by_process], n, len(names))
+              for name, n in counts.items()} for i in range(len(members))]
     # Each teacher's record is the main process's: its texts/s are one device's, on that process's share.
     records = [{**record, "processes": len(shares)} for _, record in members]
     tensors = {"distill": ensemble([m["distill"] for m in probs], cfg.temperature).float().contiguous()}
