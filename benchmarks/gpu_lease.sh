@@ -140,10 +140,13 @@ sweep() {
     local M="${MPNET_DIR:-$MPNET}"  # MPNET_DIR: a tiny MPNet for a rehearsal
     # Chain P (lease 3): the MPNet teacher (registered in docs/benchmarks.md, "The MPNet teacher", before any MPNet
     # result): MPNet self-training seeds 1-3; its MiniLM students (an ensemble of those three) seeds 1-3; MPNet
-    # source-only seeds 1-3 (how much is the bigger model alone); then seeds 4-5 of the student and of its teachers.
+    # source-only seeds 1-3 (how much is the bigger model alone); MiniLM students of those three source-only models
+    # (exploratory, not a candidate of the choice rule: its seed 1 was seen on the CPU, docs/benchmarks.md, 2026-12-01);
+    # then seeds 4-5 of the student and of its teachers.
     [ -s $M/model.safetensors ] && launch P "$B --jobs 10 --seeds 1,2,3 --methods self_training --variant mpnet $T model.name_or_path=$M;
         $B --jobs 10 --seeds 1,2,3 --methods distill --teachers self_training+mpnet --teacher-seeds 1,2,3 --variant mpnet_teachers $T;
         $B --jobs 10 --seeds 1,2,3 --methods source_only --variant mpnet $T model.name_or_path=$M;
+        $B --jobs 10 --seeds 1,2,3 --methods distill --teachers source_only+mpnet --teacher-seeds 1,2,3 --variant mpnet_source_only_teachers $T;
         $B --jobs 10 --seeds 4,5 --methods distill --teachers self_training+mpnet --teacher-seeds 1,2,3 --variant mpnet_teachers $T;
         $B --jobs 10 --seeds 4,5 --methods self_training --variant mpnet $T model.name_or_path=$M"
     local start=$SECONDS
