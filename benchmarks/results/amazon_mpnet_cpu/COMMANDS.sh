@@ -45,3 +45,10 @@ python benchmarks/amazon_pairs.py --data-dir ../shared/data/amazon_multidomain -
 python benchmarks/amazon_pairs.py --data-dir ../shared/data/amazon_multidomain --pairs E:D --seeds 1 \
     --methods self_training --variant mpnet --resume --work /tmp/cpu_mpnet/work --out benchmarks/results/amazon_mpnet_cpu \
     -- model.name_or_path=/tmp/mpnet_rebuilt
+#
+# 2026-12-01, the session after that (no GPU again; the same machine, flags and rebuilt MPNet, which outlived the
+# session here). MiniLM students of the dvd model, seed 1 (the same exploratory setting), at 5019e82 from a frozen
+# checkout (PYTHONPATH=<checkout>), two at a time with one thread each (OMP_NUM_THREADS=1, --jobs 2):
+python benchmarks/amazon_pairs.py --data-dir ../shared/data/amazon_multidomain --pairs D:B,D:E,D:K --seeds 1 --jobs 2 \
+    --methods distill --teachers source_only+mpnet --teacher-seeds 1 --variant mpnet_source_only_teacher --resume \
+    --work /tmp/cpu_mpnet/work --out benchmarks/results/amazon_mpnet_cpu
