@@ -211,12 +211,13 @@ def write_teacher_file(ctx: MethodContext, parts: list[str], acc: Accelerator) -
     cfg, start = ctx.recipe.method.distill, time.perf_counter()
     what = "computing the teachers' probabilities (`method.distill.teachers`)"
     rank, world = acc.process_index, acc.num_processes
+    read = []  # the main process's read, kept: it reads once either way
     if world > 1:  # the main process reads first, so the others read `datasets`' cache it wrote
-        on_main_process(acc, lambda: _texts(ctx, parts), what)
+        on_main_process(acc, lambda: read.append(_texts(ctx, parts)), what)
 
     def predict_share() -> tuple[list, dict, dict]:
         teachers = resolve_teachers(cfg.teachers, labels_of(ctx.model))
-        texts, labels = _texts(ctx, parts)
+        texts, labels = read[0] if read else _texts(ctx, parts)
         share = {name: items[rank::world] for name, items in texts.items()}
         members = [predict_member(given, d, share, ctx.recipe.eval.batch_size, acc.device) for given, d in teachers]
         return members, labels, {name: len(items) for name, items in texts.items()}
